@@ -1,0 +1,382 @@
+"""The Matrix side: the appservice, the bot and ghost intents, encryption, media.
+
+This is the only module that talks to the homeserver. It implements
+:class:`bridges.core.matrix_api.MatrixAPI` for the core and hands the core decrypted
+:class:`bridges.core.matrix_api.IncomingEvent` values.
+
+Transactions from the homeserver: a missing token gets 401, a wrong one 403, neither is
+processed. A transaction is answered once its events are handled, so a crash makes the
+homeserver send it again; transactions and events already handled are remembered in the
+database, so a replay is processed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from mautrix.appservice import AppService, IntentAPI
+from mautrix.appservice.state_store.asyncpg import PgASStateStore
+from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
+from mautrix.errors import DecryptionError, MatrixRequestError
+from mautrix.types import (
+    EncryptedEvent,
+    Event,
+    EventType,
+    Membership,
+    RoomCreatePreset,
+    StateEvent,
+)
+from mautrix.util.async_db import Database
+
+from ..core.events import Media
+from ..core.matrix_api import IncomingEvent
+from .crypto import Crypto
+
+log = logging.getLogger("caliopen.matrix")
+
+EventSink = Callable[[IncomingEvent], Awaitable[None]]
+MembershipSink = Callable[[StateEvent], Awaitable[None]]
+
+
+class _AppService(AppService):
+    """mautrix's AppService with the token answers of the spec and durable replay protection."""
+
+    side: MatrixSide
+
+    def _token_of(self, request: web.Request) -> str | None:
+        token = request.rel_url.query.get("access_token")
+        auth = request.headers.get("Authorization", "")
+        if token is None and auth.startswith("Bearer "):
+            token = auth.removeprefix("Bearer ")
+        return token
+
+    def _check_token(self, request: web.Request) -> bool:
+        return self._token_of(request) == self.hs_token
+
+    async def _http_handle_transaction(self, request: web.Request) -> web.Response:
+        token = self._token_of(request)
+        if token is None:
+            return web.json_response({"errcode": "M_UNAUTHORIZED", "error": "Missing token"}, status=401)
+        if token != self.hs_token:
+            log.warning("Refused a transaction with a wrong hs_token from %s", request.remote)
+            return web.json_response({"errcode": "M_FORBIDDEN", "error": "Wrong token"}, status=403)
+        txn_id = request.match_info["transaction_id"]
+        try:
+            body = await request.json()
+            events = body["events"]
+            if not isinstance(events, list):
+                raise TypeError("events is not a list")
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+            log.warning("Refused malformed transaction %s: %s", txn_id, type(e).__name__)
+            return web.json_response({"errcode": "M_BAD_JSON", "error": "Malformed transaction"}, status=400)
+        if await self.side.store_seen_txn(txn_id):
+            return web.json_response({})
+        ephemeral = body.get("ephemeral") or body.get("de.sorunome.msc2409.ephemeral") or []
+        await self.side.handle_transaction(events, ephemeral)
+        await self.side.store_mark_txn(txn_id)
+        return web.json_response({})
+
+
+class MatrixSide:
+    """Implements MatrixAPI for the core on mautrix's appservice and crypto."""
+
+    def __init__(self, config: Any, db: Database) -> None:
+        self.config = config
+        self.db = db
+        self.domain: str = config["homeserver.domain"]
+        self.bot_mxid: str = config.bot_mxid
+        # One state store for the appservice and the OlmMachine (find_shared_rooms lives here).
+        self.state_store = PgASStateStore(db)
+        self.az = _AppService(
+            server=config["homeserver.address"],
+            domain=self.domain,
+            as_token=config["appservice.as_token"],
+            hs_token=config["appservice.hs_token"],
+            bot_localpart=config["appservice.bot.username"],
+            id=config["appservice.id"],
+            state_store=self.state_store,
+            verify_ssl=config["homeserver.verify_ssl"],
+            aiohttp_params={"client_max_size": 64 * 1024 * 1024},
+            ephemeral_events=True,
+            bridge_name="caliopen",
+        )
+        self.az.side = self
+        prefixes = [config[f"networks.{n}.ghost_prefix"] for n in config["networks"]]
+        self.crypto = Crypto(self.az, self.bot_mxid, config["homeserver.address"], db, self.state_store,
+                             prefixes, self.domain)
+        self.on_event: EventSink | None = None
+        self.on_bot_invite: Callable[[str, str, bool], Awaitable[None]] | None = None
+        self._encrypted_rooms: dict[str, bool] = {}
+        self._ready = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def app(self) -> web.Application:
+        return self.az.app
+
+    async def start(self) -> None:
+        await PgASStateStore.upgrade_table.upgrade(self.db)
+        host, port = self.config["appservice.hostname"], self.config["appservice.port"]
+        await self.az.start(host, port)
+        bot = self.bot_intent
+        await bot.ensure_registered()
+        await self.crypto.start()
+        try:
+            await bot.set_displayname(self.config["appservice.bot.displayname"])
+        except MatrixRequestError:
+            log.warning("Could not set the bot's display name", exc_info=True)
+        self._ready.set()
+        self.az.ready = True
+        try:
+            await self.az.ping_self()
+        except Exception:
+            log.debug("Homeserver ping failed (older homeserver?)", exc_info=True)
+
+    async def stop(self) -> None:
+        await self.crypto.stop()
+        await self.az.stop()
+
+    # --- replay protection (used by _AppService) ----------------------------------------
+
+    async def store_seen_txn(self, txn_id: str) -> bool:
+        return bool(await self.db.fetchval("SELECT 1 FROM as_txn WHERE txn_id=$1", txn_id))
+
+    async def store_mark_txn(self, txn_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO as_txn (txn_id, received_at) VALUES ($1, $2) ON CONFLICT (txn_id) DO NOTHING",
+            txn_id, int(asyncio.get_running_loop().time() * 1000),
+        )
+
+    # --- incoming --------------------------------------------------------------------------
+
+    async def handle_transaction(self, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]]) -> None:
+        await self._ready.wait()
+        tasks = []
+        by_room: dict[str, list[Event]] = {}
+        for raw in events:
+            try:
+                evt = Event.deserialize(raw)
+            except Exception:
+                log.warning("Skipped an event that does not parse: %s", raw.get("event_id"))
+                continue
+            by_room.setdefault(str(raw.get("room_id")), []).append(evt)
+        for raw in ephemeral:
+            if raw.get("type") in ("m.receipt", "m.typing") and raw.get("room_id"):
+                tasks.append(self._handle_ephemeral(raw))
+        # Rooms in parallel, events of one room in order.
+        tasks.extend(self._handle_room_events(evts) for evts in by_room.values())
+        await asyncio.gather(*tasks)
+
+    async def _handle_room_events(self, events: list[Event]) -> None:
+        for evt in events:
+            try:
+                await self._handle_event(evt)
+            except Exception:
+                log.exception("Failed to handle Matrix event %s in %s", evt.event_id, evt.room_id)
+
+    async def _handle_ephemeral(self, raw: dict[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            await self.on_event(
+                IncomingEvent(room_id=raw["room_id"], event_id="", sender="", type=raw["type"],
+                              content=raw.get("content") or {}, timestamp=0)
+            )
+        except Exception:
+            log.exception("Failed to handle %s in %s", raw.get("type"), raw.get("room_id"))
+
+    async def _handle_event(self, evt: Event) -> None:
+        if isinstance(evt, StateEvent):
+            await self.state_store.update_state(evt)
+            if evt.type == EventType.ROOM_ENCRYPTION:
+                self._encrypted_rooms[evt.room_id] = True
+            if evt.type == EventType.ROOM_MEMBER:
+                await self.crypto.handle_member_event(evt)
+                if (evt.state_key == self.bot_mxid and evt.content.membership == Membership.INVITE
+                        and self.on_bot_invite):
+                    is_direct = bool(getattr(evt.content, "is_direct", False))
+                    await self.on_bot_invite(evt.room_id, evt.sender, is_direct)
+                    return
+        if evt.sender == self.bot_mxid or self.crypto.is_ghost(evt.sender):
+            return
+        encrypted = False
+        if evt.type == EventType.ROOM_ENCRYPTED:
+            encrypted = True
+            try:
+                evt = await self.crypto.decrypt(evt)  # type: ignore[arg-type]
+            except DecryptionError as e:
+                log.warning("Could not decrypt %s in %s: %s", evt.event_id, evt.room_id, type(e).__name__)
+                await self.send_status(evt.room_id, evt.event_id, ok=False, error=(
+                    "The bridge could not decrypt this message. It asked your devices for the keys; "
+                    "send it again if it does not go through."), retriable=True)
+                return
+        if self.on_event is None:
+            return
+        raw = evt.serialize()
+        await self.on_event(
+            IncomingEvent(
+                room_id=evt.room_id,
+                event_id=evt.event_id,
+                sender=evt.sender,
+                type=str(evt.type),
+                content=raw.get("content") or {},
+                timestamp=raw.get("origin_server_ts", 0),
+                state_key=raw.get("state_key"),
+                encrypted=encrypted,
+                redacts=raw.get("redacts") or (raw.get("content") or {}).get("redacts"),
+                unsigned=raw.get("unsigned") or {},
+            )
+        )
+
+    # --- MatrixAPI ----------------------------------------------------------------------
+
+    @property
+    def bot_intent(self) -> IntentAPI:
+        return self.az.intent.user(self.bot_mxid)
+
+    def intent(self, mxid: str) -> IntentAPI:
+        return self.az.intent.user(mxid)
+
+    async def ensure_ghost(self, mxid: str, displayname: str | None, avatar_url: str | None = None) -> None:
+        intent = self.intent(mxid)
+        await intent.ensure_registered()
+        if displayname:
+            await intent.set_displayname(displayname)
+        if avatar_url:
+            await intent.set_avatar_url(avatar_url)
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        if room_id not in self._encrypted_rooms:
+            self._encrypted_rooms[room_id] = bool(await self.state_store.is_encrypted(room_id))
+        return self._encrypted_rooms[room_id]
+
+    async def create_room(self, *, name: str | None, topic: str | None, invite: list[str], ghosts: list[str],
+                          is_direct: bool, encrypted: bool, space: str | None = None) -> str:
+        bot = self.bot_intent
+        initial_state: list[dict[str, Any]] = []
+        if encrypted:
+            initial_state.append({"type": "m.room.encryption", "state_key": "",
+                                  "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
+        if space:
+            initial_state.append({"type": "m.space.parent", "state_key": space,
+                                  "content": {"via": [self.domain], "canonical": True}})
+        power = {"users": {self.bot_mxid: 100, **{g: 50 for g in ghosts}, **{u: 50 for u in invite}},
+                 "events": {"m.room.encryption": 100, "m.room.power_levels": 100, "m.room.tombstone": 100}}
+        room_id = await bot.create_room(
+            name=name, topic=topic, is_direct=is_direct, invitees=list(invite) + list(ghosts),
+            initial_state=initial_state, preset=RoomCreatePreset.PRIVATE, power_level_override=power,
+        )
+        if encrypted:
+            self._encrypted_rooms[room_id] = True
+            await self.state_store.set_encryption_info(room_id, {"algorithm": "m.megolm.v1.aes-sha2"})
+        await self.state_store.set_membership(room_id, self.bot_mxid, Membership.JOIN)
+        for user in invite:
+            await self.state_store.set_membership(room_id, user, Membership.INVITE)
+        for ghost in ghosts:
+            await self.intent(ghost).ensure_joined(room_id, bot=bot)
+        return room_id
+
+    async def create_space(self, *, name: str, topic: str | None, invite: list[str]) -> str:
+        bot = self.bot_intent
+        return await bot.create_room(
+            name=name, topic=topic, invitees=invite, preset=RoomCreatePreset.PRIVATE,
+            creation_content={"type": "m.space"},
+            power_level_override={"users": {self.bot_mxid: 100, **{u: 50 for u in invite}}},
+        )
+
+    async def add_to_space(self, space_id: str, room_id: str) -> None:
+        await self.bot_intent.send_state_event(
+            space_id, EventType.SPACE_CHILD, {"via": [self.domain]}, state_key=room_id
+        )
+
+    async def ensure_in_room(self, room_id: str, mxid: str) -> None:
+        if mxid == self.bot_mxid:
+            await self.bot_intent.ensure_joined(room_id)
+            await self.load_room_state(room_id)
+            return
+        if self.crypto.is_ghost(mxid):
+            await self.intent(mxid).ensure_joined(room_id, bot=self.bot_intent)
+            return
+        member = await self.state_store.get_membership(room_id, mxid)
+        if member not in (Membership.JOIN, Membership.INVITE):
+            await self.bot_intent.invite_user(room_id, mxid)
+            await self.crypto.drop_outbound_session(room_id)
+
+    async def load_room_state(self, room_id: str) -> None:
+        """Fetch a room's state after joining it: the appservice never saw the earlier events,
+        and without the members and the encryption event nothing can be shared or encrypted."""
+        for evt in await self.bot_intent.get_state(room_id):
+            await self.state_store.update_state(evt)
+            if evt.type == EventType.ROOM_ENCRYPTION:
+                self._encrypted_rooms[room_id] = True
+            elif evt.type == EventType.ROOM_MEMBER:
+                await self.crypto.handle_member_event(evt)
+
+    async def send(self, room_id: str, sender: str, content: dict[str, Any], *, event_type: str = "m.room.message",
+                   txn_id: str | None = None, timestamp: int | None = None) -> str:
+        intent = self.intent(sender)
+        etype = EventType.find(event_type, t_class=EventType.Class.MESSAGE)
+        if await self.is_encrypted(room_id):
+            if sender != self.bot_mxid:
+                await intent.ensure_joined(room_id, bot=self.bot_intent)
+            encrypted = await self.crypto.encrypt(room_id, etype, content)
+            etype, content = EventType.ROOM_ENCRYPTED, encrypted
+        kwargs: dict[str, Any] = {}
+        if timestamp:
+            kwargs["timestamp"] = timestamp
+        return await intent.send_message_event(room_id, etype, content, txn_id=txn_id, **kwargs)
+
+    async def upload(self, room_id: str, media: Media, *, encrypted: bool) -> dict[str, Any]:
+        data = media.data
+        if encrypted:
+            data, file_info = encrypt_attachment(data)
+            mxc = await self.bot_intent.upload_media(data, mime_type="application/octet-stream",
+                                                     filename=None)
+            file_info.url = mxc
+            return {"file": file_info.serialize()}
+        mxc = await self.bot_intent.upload_media(data, mime_type=media.mimetype, filename=media.filename)
+        return {"url": mxc}
+
+    async def download(self, content: dict[str, Any]) -> bytes:
+        if "file" in content:
+            f = content["file"]
+            data = await self.bot_intent.download_media(f["url"])
+            return decrypt_attachment(data, f["key"]["k"], f["hashes"]["sha256"], f["iv"])
+        return await self.bot_intent.download_media(content["url"])
+
+    async def redact(self, room_id: str, event_id: str, sender: str, reason: str | None = None) -> None:
+        await self.intent(sender).redact(room_id, event_id, reason=reason)
+
+    async def send_notice(self, room_id: str, text: str, html: str | None = None) -> str:
+        content: dict[str, Any] = {"msgtype": "m.notice", "body": text}
+        if html:
+            content.update(format="org.matrix.custom.html", formatted_body=html)
+        return await self.send(room_id, self.bot_mxid, content)
+
+    async def send_status(self, room_id: str, event_id: str, *, ok: bool, error: str | None = None,
+                          retriable: bool = False) -> None:
+        content: dict[str, Any] = {
+            "network": "caliopen",
+            "relates_to": {"rel_type": "m.reference", "event_id": event_id},
+            "status": "SUCCESS" if ok else ("FAIL_RETRIABLE" if retriable else "FAIL_PERMANENT"),
+        }
+        if error:
+            content["reason"] = "m.foreign_network_error"
+            content["message"] = error
+        try:
+            await self.send(room_id, self.bot_mxid, content, event_type="com.beeper.message_send_status",
+                            txn_id="status-" + hashlib.sha256(f"{event_id}{ok}{error}".encode()).hexdigest()[:24])
+        except MatrixRequestError:
+            log.warning("Could not send a message status in %s", room_id, exc_info=True)
+
+    async def mark_read(self, room_id: str, sender: str, event_id: str) -> None:
+        await self.intent(sender).mark_read(room_id, event_id)
+
+    async def set_typing(self, room_id: str, sender: str, typing: bool) -> None:
+        await self.intent(sender).set_typing(room_id, timeout=30000 if typing else 0)

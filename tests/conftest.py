@@ -1,0 +1,82 @@
+"""Session-wide test servers: one Synapse, the fake network, and Caliopen bridges.
+
+Two bridges share the Synapse: ``bridge`` on SQLite and ``pg_bridge`` on a real PostgreSQL,
+each with its own registration, bot and ghost prefixes. Tests make unique users and rooms.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bridges.sandbox.synapse import free_port
+from tests.fakes.remote import FakeRemote
+from tests.rig.bridge import BridgeProcess, make_bridge_config
+
+pytest_plugins = ["tests.rig.fixtures", "tests.rig.pg_fixtures"]
+
+DOMAIN = "caliopen.localhost"
+_names = itertools.count(1)
+
+
+def unique(name: str) -> str:
+    return f"{name}{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+def synapse_port() -> int:
+    return free_port()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def fake_remote() -> AsyncIterator[FakeRemote]:
+    remote = FakeRemote()
+    await remote.start()
+    yield remote
+    await remote.stop()
+
+
+@pytest.fixture(scope="session")
+def bridge_configs(tmp_path_factory: pytest.TempPathFactory, synapse_port: int, fake_remote: FakeRemote) -> dict:
+    root = tmp_path_factory.mktemp("bridges")
+    fake = {"fake": {"enabled": True, "module": "tests.fakes.network", "remote_url": fake_remote.url}}
+    return {
+        tag: make_bridge_config(root / tag, tag=tag, domain=DOMAIN,
+                                homeserver_url=f"http://127.0.0.1:{synapse_port}", db_url=None, networks=fake)
+        for tag in ("sq", "pg")
+    }
+
+
+@pytest.fixture(scope="session")
+def appservice_files(bridge_configs: dict) -> list[Path]:
+    return [cfg.path.parent / "appservice.yaml" for cfg in bridge_configs.values()]
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def synapse(synapse_factory, appservice_files, synapse_port):  # type: ignore[no-untyped-def]
+    return await synapse_factory(appservice_files=appservice_files, server_name=DOMAIN, port=synapse_port)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def bridge(synapse, bridge_configs) -> AsyncIterator[BridgeProcess]:  # type: ignore[no-untyped-def]
+    proc = BridgeProcess(bridge_configs["sq"])
+    await proc.start()
+    yield proc
+    code = await proc.stop()
+    assert code == 0, f"the bridge did not stop cleanly ({code}):\n{proc.log_tail()}"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pg_bridge(synapse, bridge_configs, postgres_server) -> AsyncIterator[BridgeProcess]:  # type: ignore[no-untyped-def]
+    cfg = bridge_configs["pg"]
+    cfg.set("database.url", await postgres_server.create_database("caliopen_e2e"))
+    cfg.save()
+    proc = BridgeProcess(cfg)
+    await proc.start()
+    yield proc
+    code = await proc.stop()
+    assert code == 0, f"the bridge did not stop cleanly ({code}):\n{proc.log_tail()}"
