@@ -260,7 +260,14 @@ class NioUser:
             log.warning("%s could not join %s: %s", self.user_id, room_id, resp)
 
     def _retry_undecrypted(self) -> None:
+        olm = self.client.olm
+        if olm is None:
+            return
         for event_id, (room_id, event, _) in list(self._undecrypted.items()):
+            # Retry only once the session has arrived: a failed attempt makes nio suspect a
+            # wedged Olm session and start a new one.
+            if not olm.inbound_group_store.get(room_id, event.sender_key, event.session_id):
+                continue
             try:
                 decrypted = self.client.decrypt_event(event)
             except nio.EncryptionError:
@@ -395,6 +402,19 @@ class NioUser:
             return user_id not in room.users
 
         await self._wait_until(check, timeout, f"{user_id} to {membership} {room_id}")
+
+    async def wait_until_device_known(
+        self, user_id: str, device_id: str, timeout: float = 30
+    ) -> None:
+        """Wait until this client has fetched the keys of ``user_id``'s ``device_id``."""
+
+        def check() -> bool:
+            return any(
+                dev.device_id == device_id
+                for dev in self.client.device_store.active_user_devices(user_id)
+            )
+
+        await self._wait_until(check, timeout, f"keys of {user_id}'s device {device_id}")
 
     # -- writing ---------------------------------------------------------------------
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bridges.sandbox.synapse import Synapse, SynapseError
-from tests.rig.fixtures import nio_users, synapse, synapse_factory  # noqa: F401
 from tests.rig.nio_client import NioUser
 
 
@@ -145,3 +146,74 @@ async def test_broken_config_fails_fast_with_the_log(tmp_path: Path) -> None:
     assert time.monotonic() - began < 55
     assert "no-such-registration.yaml" in str(info.value)
     assert not server.running
+
+
+async def test_new_device_reads_new_messages_not_old_ones(
+    synapse: Synapse, nio_users: Any, tmp_path: Path
+) -> None:
+    alice, bob, room_id = await dm_pair(nio_users)
+    before = await alice.send_text(room_id, "before the new device")
+    await bob.wait_for_message(room_id, is_message("before the new device"))
+    localpart = bob.user_id.split(":")[0][1:]
+    bob2 = await NioUser.create(synapse, localpart, tmp_path / "bob2", register=False)
+    try:
+        assert bob2.device_id != bob.device_id
+        assert room_id in bob2.client.rooms
+        # The old session was never shared with the new device.
+        assert before in bob2.undecrypted(room_id)
+        with pytest.raises(TimeoutError, match="still undecryptable"):
+            await bob2.wait_for_message(room_id, is_message("before the new device"), timeout=1)
+        await alice.wait_until_device_known(bob.user_id, bob2.device_id)
+        after = await alice.send_text(room_id, "after the new device")
+        got = await bob2.wait_for_message(room_id, is_message("after the new device"))
+        assert got["event_id"] == after
+        assert (await bob.wait_for_message(room_id, is_message("after the new device")))
+    finally:
+        await bob2.close()
+
+
+async def test_appservice_registration_and_experimental_features(
+    synapse_factory: Any, tmp_path: Path
+) -> None:
+    as_token = "as-" + os.urandom(8).hex()
+    registration = tmp_path / "registration.yaml"
+    registration.write_text(
+        json.dumps(
+            {
+                "id": "rig-test",
+                "url": None,
+                "as_token": as_token,
+                "hs_token": "hs-" + os.urandom(8).hex(),
+                "sender_localpart": "rig-bot-" + os.urandom(4).hex(),
+                "namespaces": {
+                    "users": [{"exclusive": True, "regex": "@rigghost_.*:caliopen\\.localhost"}]
+                },
+                "org.matrix.msc3202": True,
+            }
+        )
+    )
+    server = await synapse_factory(
+        appservice_files=[registration], experimental_appservice_e2ee=True
+    )
+    assert server.homeserver_config()["experimental_features"][
+        "msc2409_to_device_messages_enabled"
+    ]
+    async with aiohttp.ClientSession() as http:
+        body = {"type": "m.login.application_service", "username": "rigghost_1"}
+        async with http.post(
+            server.url + "/_matrix/client/v3/register",
+            json=body,
+            headers={"Authorization": f"Bearer {as_token}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["user_id"] == "@rigghost_1:caliopen.localhost"
+        async with http.post(
+            server.url + "/_matrix/client/v3/register",
+            json={**body, "username": "notaghost"},
+            headers={"Authorization": f"Bearer {as_token}"},
+        ) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["errcode"] == "M_EXCLUSIVE"
+    # The exclusive namespace is closed to the shared-secret registration of real users too.
+    with pytest.raises(SynapseError, match="M_EXCLUSIVE"):
+        await server.register_user("rigghost_2", "pw")
