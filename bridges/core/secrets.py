@@ -46,8 +46,9 @@ class SealedDataError(SecretBoxError):
 
 
 def _b64decode(text: str) -> bytes:
+    """Strict urlsafe base64 (padding optional): raises binascii.Error on any other character."""
     text = text.strip()
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 class SecretBox:
