@@ -43,17 +43,30 @@ __all__ = [
     "alembic_config",
     "check",
     "compare_server_default",
+    "config_url",
     "current_revision",
     "downgrade",
     "head_revision",
     "include_name",
     "include_object",
     "is_current",
+    "make_engine",
     "upgrade",
 ]
 
-#: The migration scripts: ``alembic/`` at the top of the source tree (editable install).
-ALEMBIC_DIR: Path = Path(__file__).resolve().parents[2] / "alembic"
+
+def _find_alembic_dir() -> Path:
+    """``alembic/`` at the top of the source tree (editable install, the source of truth), or a
+    copy shipped as ``bridges/db/alembic`` in a built package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "alembic", here / "alembic"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    return here.parents[1] / "alembic"
+
+
+#: The directory holding ``env.py`` and ``versions/``.
+ALEMBIC_DIR: Path = _find_alembic_dir()
 
 _T = TypeVar("_T")
 

@@ -164,7 +164,7 @@ remote_inbox = sa.Table(
     sa.Column("kind", sa.Text, nullable=False),
     sa.Column("remote_id", sa.Text, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("created_at", _ms, nullable=False),
     sa.UniqueConstraint("login_id", "kind", "remote_id"),
     # AUTOINCREMENT: ids are never reused on SQLite either (the queue is ordered by id).

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -142,8 +145,16 @@ async def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
             "value",
         ),
         (["CREATE INDEX ix_extra ON matrix_event (room_mxid)"], "ix_extra"),
+        (
+            [
+                "DROP TABLE as_txn",
+                "CREATE TABLE as_txn (txn_id TEXT NOT NULL PRIMARY KEY,"
+                " received_at BIGINT NOT NULL DEFAULT 7)",
+            ],
+            "received_at",
+        ),
     ],
-    ids=["extra-table", "extra-column", "missing-table", "changed-type", "extra-index"],
+    ids=["extra-table", "extra-column", "missing-table", "changed-type", "extra-index", "default"],
 )
 async def test_check_reports_drift(db_url: str, drift: list[str], expected: str) -> None:
     await migrate.upgrade(db_url)
@@ -224,3 +235,22 @@ async def test_runtime_sql_on_the_schema(db_url: str) -> None:
             assert await db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0, table
     finally:
         await db.stop()
+
+
+def test_developer_command_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridges.db.migrate", *args, "--db", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+
+    assert run("check").returncode == 1
+    assert run("upgrade").returncode == 0
+    current = run("current")
+    assert current.returncode == 0 and current.stdout.startswith(migrate.head_revision())
+    assert run("check").returncode == 0

@@ -185,7 +185,6 @@ class PostgresServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                start_new_session=True,
                 **self._subprocess_kwargs(),  # type: ignore[arg-type]
             )
         finally:
