@@ -1,0 +1,1 @@
+"""SMS gateway protocols, apart from the bridge glue: one :class:`base.SmsBackend` per gateway."""
