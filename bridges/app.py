@@ -63,6 +63,7 @@ def setup_logging(config: Config) -> None:
 class Caliopen:
     def __init__(self, config: Config) -> None:
         self.config = config
+        Bridge.import_networks(config)
         self.db = Database.create(config["database.url"], log=logging.getLogger("mau.db"))
         from .matrix.appservice import MatrixSide
 

@@ -80,3 +80,9 @@ async def pg_bridge(synapse, bridge_configs, postgres_server) -> AsyncIterator[B
     yield proc
     code = await proc.stop()
     assert code == 0, f"the bridge did not stop cleanly ({code}):\n{proc.log_tail()}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_bridge(request: pytest.FixtureRequest) -> BridgeProcess:
+    """The test runs once with the SQLite bridge and once with the PostgreSQL one."""
+    return request.getfixturevalue("bridge" if request.param == "sqlite" else "pg_bridge")

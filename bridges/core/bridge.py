@@ -65,15 +65,23 @@ class Bridge:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def load_networks(self) -> None:
-        """Import and construct the enabled networks' connectors (no I/O)."""
-        for name, section in self.config.enabled_networks().items():
-            module_name = self.config.network_module(name)
+    @staticmethod
+    def import_networks(config: Any) -> dict[str, Any]:
+        """Import the enabled networks' modules; ConfigError naming the network when one fails."""
+        modules = {}
+        for name in config.enabled_networks():
+            module_name = config.network_module(name)
             try:
-                module = importlib.import_module(module_name)
+                modules[name] = importlib.import_module(module_name)
             except ImportError as e:
                 raise ConfigError(f"networks.{name}", f"cannot load {module_name}: {e}") from e
-            connector = module.Connector(self, section)
+        return modules
+
+    def load_networks(self) -> None:
+        """Construct the enabled networks' connectors (no I/O)."""
+        modules = self.import_networks(self.config)
+        for name, section in self.config.enabled_networks().items():
+            connector = modules[name].Connector(self, section)
             self.connectors[name] = connector
             log.info("Network %s enabled", name)
 

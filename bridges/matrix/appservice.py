@@ -113,6 +113,7 @@ class MatrixSide:
         self.on_bot_invite: Callable[[str, str, bool], Awaitable[None]] | None = None
         self._encrypted_rooms: dict[str, bool] = {}
         self._ready = asyncio.Event()
+        self._az_started = self._crypto_started = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -124,9 +125,11 @@ class MatrixSide:
         await PgASStateStore.upgrade_table.upgrade(self.db)
         host, port = self.config["appservice.hostname"], self.config["appservice.port"]
         await self.az.start(host, port)
+        self._az_started = True
         bot = self.bot_intent
         await bot.ensure_registered()
         await self.crypto.start()
+        self._crypto_started = True
         try:
             await bot.set_displayname(self.config["appservice.bot.displayname"])
         except MatrixRequestError:
@@ -139,8 +142,11 @@ class MatrixSide:
             log.debug("Homeserver ping failed (older homeserver?)", exc_info=True)
 
     async def stop(self) -> None:
-        await self.crypto.stop()
-        await self.az.stop()
+        if self._crypto_started:
+            await self.crypto.stop()
+        await self.crypto.client.api.session.close()
+        if self._az_started:
+            await self.az.stop()
 
     # --- replay protection (used by _AppService) ----------------------------------------
 
@@ -266,7 +272,7 @@ class MatrixSide:
         if space:
             initial_state.append({"type": "m.space.parent", "state_key": space,
                                   "content": {"via": [self.domain], "canonical": True}})
-        power = {"users": {self.bot_mxid: 100, **{g: 50 for g in ghosts}, **{u: 50 for u in invite}},
+        power = {"users": {**{g: 50 for g in ghosts}, **{u: 50 for u in invite}},
                  "events": {"m.room.encryption": 100, "m.room.power_levels": 100, "m.room.tombstone": 100}}
         room_id = await bot.create_room(
             name=name, topic=topic, is_direct=is_direct, invitees=list(invite) + list(ghosts),
@@ -287,7 +293,7 @@ class MatrixSide:
         return await bot.create_room(
             name=name, topic=topic, invitees=invite, preset=RoomCreatePreset.PRIVATE,
             creation_content={"type": "m.space"},
-            power_level_override={"users": {self.bot_mxid: 100, **{u: 50 for u in invite}}},
+            power_level_override={"users": {u: 50 for u in invite}},
         )
 
     async def add_to_space(self, space_id: str, room_id: str) -> None:

@@ -54,7 +54,6 @@ class Crypto:
         self.crypto_db = Database.create(
             str(db.url), upgrade_table=PgCryptoStore.upgrade_table, log=logging.getLogger("mau.crypto.db")
         )
-        self.crypto_db.override_pool(db)
         self.store = PgCryptoStore("", PICKLE_KEY, self.crypto_db)
         self.client = Client(
             base_url=homeserver_url,
@@ -81,6 +80,8 @@ class Crypto:
 
     async def start(self) -> None:
         """Load or create the bot's device, upload its keys, start the to-device sync."""
+        # Share the bridge database's pool (asyncpg copies the pool, so only once it exists).
+        self.crypto_db.override_pool(self.db)
         await self.crypto_db.start()
         await self.store.open()
         device_id = await self.store.get_device_id()
