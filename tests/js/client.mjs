@@ -14,7 +14,8 @@
 //   stop          {}                                        -> {stopped: true}, then exit
 // A failed command answers {id, error}.
 //
-// Environment: CALIOPEN_JS_LOG = error|warn|info|debug (default warn) for the SDK's logs.
+// Environment: CALIOPEN_JS_LOG = error|warn|info|debug (default warn) for the logs;
+// CALIOPEN_JS_SYNC_LIMIT = timeline events per /sync (default 500; a gap is back-filled).
 
 import readline from "node:readline";
 
@@ -49,7 +50,13 @@ function makeLogger(prefix) {
 
 const log = makeLogger("[client]");
 
+/** Timeline events per sync (the server's default is 10): larger, so that gaps are rare. */
+const SYNC_TIMELINE_LIMIT = Number(process.env.CALIOPEN_JS_SYNC_LIMIT ?? 500);
+
 let client = null;
+/** Every remote timeline event seen, per room: roomId -> Map(eventId -> MatrixEvent). Kept
+ * apart from the SDK's live timeline, which a gappy sync resets. */
+const roomEvents = new Map();
 /** Invites already handed out by wait_invite. */
 const takenInvites = new Set();
 /** Callbacks run whenever something that a waiter may look for happens. */
@@ -151,13 +158,21 @@ async function login({ baseUrl, userId, password, deviceName, timeout = 60 }) {
 
   c.on(ClientEvent.Sync, notifyWatchers);
   c.on(ClientEvent.Room, notifyWatchers);
-  c.on(RoomEvent.Timeline, notifyWatchers);
+  c.on(RoomEvent.Timeline, (ev) => {
+    record(ev);
+    notifyWatchers();
+  });
+  c.on(RoomEvent.TimelineReset, (room, timelineSet) => {
+    if (room && timelineSet === room.getUnfilteredTimelineSet()) backfill(c, room);
+  });
   c.on(RoomEvent.MyMembership, notifyWatchers);
   c.on(RoomMemberEvent.Membership, notifyWatchers);
   c.on(MatrixEventEvent.Decrypted, notifyWatchers);
   client = c;
 
-  await c.startClient({ initialSyncLimit: 50 });
+  const filter = new sdk.Filter(res.user_id);
+  filter.setTimelineLimit(SYNC_TIMELINE_LIMIT);
+  await c.startClient({ initialSyncLimit: 50, filter });
   await waitFor(
     () => {
       const state = c.getSyncState();
@@ -170,6 +185,50 @@ async function login({ baseUrl, userId, password, deviceName, timeout = 60 }) {
   );
   log.info("logged in as", res.user_id, "device", res.device_id);
   return { userId: res.user_id, deviceId: res.device_id };
+}
+
+/** Keeps a remote timeline event (one with a server-assigned id) in roomEvents. */
+function record(ev) {
+  const eventId = ev.getId();
+  const roomId = ev.getRoomId();
+  if (!roomId || !eventId?.startsWith("$")) return;
+  let events = roomEvents.get(roomId);
+  if (!events) {
+    events = new Map();
+    roomEvents.set(roomId, events);
+  }
+  if (!events.has(eventId)) events.set(eventId, ev);
+}
+
+/**
+ * After a gappy sync reset the room's live timeline, pages back from its start until an event
+ * seen before the gap (or the room's beginning); the Timeline listener records what comes.
+ */
+async function backfill(c, room) {
+  const known = new Set(roomEvents.get(room.roomId)?.keys() ?? []);
+  if (known.size === 0) return;
+  log.info("gap in", room.roomId, "- back-filling");
+  const timeline = room.getLiveTimeline();
+  try {
+    for (let page = 0; page < 50; page++) {
+      if (timeline.getEvents().some((ev) => known.has(ev.getId()))) return;
+      if (!(await c.paginateEventTimeline(timeline, { backwards: true, limit: 100 }))) return;
+    }
+    log.warn("back-fill of", room.roomId, "stopped after 50 pages");
+  } catch (err) {
+    log.error("back-fill of", room.roomId, "failed:", err);
+  } finally {
+    notifyWatchers();
+  }
+}
+
+/** Every known event of the room: recorded ones, then the live timeline's (local echoes too). */
+function eventsOf(roomId) {
+  const byId = new Map(roomEvents.get(roomId) ?? []);
+  for (const ev of client?.getRoom(roomId)?.getLiveTimeline().getEvents() ?? []) {
+    if (!byId.has(ev.getId())) byId.set(ev.getId(), ev);
+  }
+  return [...byId.values()];
 }
 
 /**
@@ -244,11 +303,11 @@ function describeEvent(ev) {
 async function waitMessage({ roomId, bodyContains, sender, timeout = 30 }) {
   const c = requireClient();
   if (!roomId || typeof bodyContains !== "string") throw new Error("wait_message needs roomId and bodyContains");
-  const events = () => c.getRoom(roomId)?.getLiveTimeline().getEvents() ?? [];
+  const events = () => eventsOf(roomId);
   return waitFor(
     () => {
       for (const ev of events()) {
-        if (ev.isBeingDecrypted() || ev.isDecryptionFailure()) continue;
+        if (ev.status !== null || ev.isBeingDecrypted() || ev.isDecryptionFailure()) continue;
         if (sender && ev.getSender() !== sender) continue;
         const body = ev.getContent()?.body;
         if (typeof body === "string" && body.includes(bodyContains)) return describeEvent(ev);

@@ -74,15 +74,20 @@ class JsUser:
         *,
         timeout: float = 90,
         log_level: str = "warn",
+        sync_timeline_limit: int | None = None,
     ) -> JsUser:
         """Spawn a Node client, log ``user_id`` in with a new device and wait for its first sync.
 
         Raises JsClientError if Node 22 is missing, the login fails, or the process dies or
         does not answer within ``timeout`` seconds (the process is then stopped).
+        ``log_level`` (error, warn, info, debug) sets what goes to the stderr tail;
+        ``sync_timeline_limit`` the timeline events per /sync (default 500).
         """
         if not js_available():
             raise JsClientError(f"Node 22 or matrix-js-sdk missing: run `npm install` in {JS_DIR}")
         env = dict(os.environ, CALIOPEN_JS_LOG=log_level)
+        if sync_timeline_limit is not None:
+            env["CALIOPEN_JS_SYNC_LIMIT"] = str(sync_timeline_limit)
         proc = await asyncio.create_subprocess_exec(
             str(NODE),
             str(CLIENT_SCRIPT),

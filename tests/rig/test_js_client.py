@@ -11,11 +11,13 @@ import itertools
 import logging
 import time
 import uuid
+from urllib.parse import quote
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from nio.crypto.sessions import OutboundGroupSession
 
 from bridges.sandbox.synapse import Synapse
 from tests.rig.js_client import JsClientError, JsUser, js_available
@@ -38,11 +40,11 @@ async def js_users(synapse: Synapse) -> AsyncIterator[JsUserFactory]:
     """Register a fresh user and start a JS client for it; close them after the test."""
     users: list[JsUser] = []
 
-    async def make(name: str) -> JsUser:
+    async def make(name: str, **kwargs: Any) -> JsUser:
         localpart = f"{name}-js-{next(_counter)}"
         mxid = await synapse.register_user(localpart, PASSWORD)
         began = time.monotonic()
-        user = await JsUser.start(synapse.url, mxid, PASSWORD)
+        user = await JsUser.start(synapse.url, mxid, PASSWORD, **kwargs)
         users.append(user)
         log.info("JS client for %s ready in %.2f s", mxid, time.monotonic() - began)
         return user
@@ -163,3 +165,78 @@ async def test_js_client_reports_failures(synapse: Synapse, js_users: JsUserFact
     assert not frank.running
     with pytest.raises(JsClientError, match="exited"):
         await frank.send_text(room_id, "after death")
+
+
+async def test_js_waits_for_a_key_that_comes_after_its_event(
+    js_users: JsUserFactory, nio_users: Any
+) -> None:
+    grace = await nio_users("grace")
+    heidi = await js_users("heidi")
+    room_id = await grace.create_dm(heidi.user_id)
+    assert await heidi.wait_invite(inviter=grace.user_id) == room_id
+    await grace.wait_for_member(room_id, heidi.user_id)
+
+    # Encrypt with a Megolm session nobody has yet and post the event without its key; keep
+    # the session as it was before encrypting, so that the key shared later starts at index 0.
+    olm = grace.client.olm
+    assert olm is not None and room_id not in olm.outbound_group_sessions
+    session = OutboundGroupSession()
+    before = session.pickle()
+    session.shared = True
+    olm.outbound_group_sessions[room_id] = session
+    text = f"early {token()}"
+    content = olm.group_encrypt(
+        room_id, {"type": "m.room.message", "content": {"msgtype": "m.text", "body": text}}
+    )
+    olm.outbound_group_sessions[room_id] = OutboundGroupSession.from_pickle(before)
+    txn = uuid.uuid4().hex
+    sent = await grace._raw(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.encrypted/{txn}",
+        json_body=content,
+    )
+    event_id = sent["event_id"]
+
+    # The JS client has the event but cannot read it yet.
+    with pytest.raises(JsClientError, match=r"[1-9]\d* undecryptable"):
+        await heidi.wait_message(room_id, text, timeout=3)
+
+    # A waiter started now is answered once the key arrives.
+    waiting = asyncio.create_task(heidi.wait_message(room_id, text, timeout=60))
+    if grace.client.should_query_keys:
+        await grace.client.keys_query()
+    shared = await grace.client.share_group_session(room_id, ignore_unverified_devices=True)
+    assert (heidi.user_id, heidi.device_id) in shared.users_shared_with
+    got = await waiting
+    assert got["eventId"] == event_id
+    assert got["encrypted"] is True
+    assert got["content"]["body"] == text
+
+
+async def test_js_back_fills_a_gappy_sync(js_users: JsUserFactory, nio_users: Any) -> None:
+    ivan = await nio_users("ivan")
+    judy = await js_users("judy", sync_timeline_limit=3, log_level="info")
+    room_id = await ivan.create_dm(judy.user_id)
+    assert await judy.wait_invite(inviter=ivan.user_id) == room_id
+    await ivan.wait_for_member(room_id, judy.user_id)
+    await ivan.send_text(room_id, "key shared")
+    await judy.wait_message(room_id, "key shared")
+
+    # A burst of events posted at once: more than one /sync of 3 can carry.
+    olm = ivan.client.olm
+    assert olm is not None
+    texts = [f"burst {i} {token()}" for i in range(30)]
+    contents = [
+        olm.group_encrypt(room_id, {"type": "m.room.message", "content": {"msgtype": "m.text", "body": t}})
+        for t in texts
+    ]
+
+    async def put(content: dict[str, Any]) -> str:
+        path = f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.encrypted/{uuid.uuid4().hex}"
+        return str((await ivan._raw("PUT", path, json_body=content))["event_id"])
+
+    event_ids = await asyncio.gather(*(put(c) for c in contents))
+    for text, event_id in zip(texts, event_ids):
+        got = await judy.wait_message(room_id, text)
+        assert got["eventId"] == event_id and got["encrypted"] is True
+    assert "back-filling" in judy.stderr_tail()
