@@ -40,10 +40,26 @@ async def fake_remote() -> AsyncIterator[FakeRemote]:
     await remote.stop()
 
 
+def _available(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def bridge_configs(tmp_path_factory: pytest.TempPathFactory, synapse_port: int, fake_remote: FakeRemote) -> dict:
+    """Configs of the session's bridges: the fake network always, and every real network whose
+    connector exists (its section from example-config.yaml, plus what its tests need, e.g.
+    plain IMAP/SMTP to loopback servers)."""
     root = tmp_path_factory.mktemp("bridges")
     fake = {"fake": {"enabled": True, "module": "tests.fakes.network", "remote_url": fake_remote.url}}
+    if _available("bridges.email.connector"):
+        fake["email"] = {"enabled": True, "allow_plaintext_loopback": True}
+    if _available("bridges.sms.connector"):
+        fake["sms"] = {"enabled": True}
     return {
         tag: make_bridge_config(root / tag, tag=tag, domain=DOMAIN,
                                 homeserver_url=f"http://127.0.0.1:{synapse_port}", db_url=None, networks=fake)
