@@ -6,14 +6,14 @@
   port, both with IDLE, CONDSTORE, QRESYNC and SPECIAL-USE (Sent, Drafts, Trash, Junk); a
   passwd-file per user, so that :meth:`MailServers.add_user` takes effect at once; Maildirs under
   the temporary directory; LMTP on a loopback port; an auth socket for Postfix.
-- **Postfix** (Debian's 3.7): an inbound smtpd (port 25's role) and a submission smtpd
-  (STARTTLS required, SASL through Dovecot). Mail for :attr:`MailServers.domain` goes over LMTP
+- **Postfix** (Debian's 3.7): an inbound smtpd (port 25's role), a submission smtpd
+  (STARTTLS required, SASL through Dovecot) and an implicit-TLS one (port 465's role). Mail for :attr:`MailServers.domain` goes over LMTP
   into Dovecot; every other domain is relayed to the sink.
 - **the sink** (aiosmtpd in a thread): records what Postfix relays to it
   (:attr:`MailServers.sink`) and fails on purpose: ``reject-*@…`` recipients get a 550,
-  ``defer-*@…`` a 450. Submission verifies ``reject-*`` recipients against the sink while the
-  client waits, so a client sees that 550 at RCPT time, as a provider that checks recipients
-  would answer.
+  ``defer-*@…`` a 450. Submission verifies ``reject-*`` and ``defer-*`` recipients against the
+  sink while the client waits, so a client sees that 550 (or a 450) at RCPT time, as a provider
+  that checks recipients would answer.
 
 TLS uses a self-signed certificate made here (:attr:`MailServers.ca_file`,
 :meth:`MailServers.ssl_context`). Everything runs as root (Dovecot and Postfix drop to their
@@ -395,6 +395,14 @@ def _postfix_master(m: MailServers) -> str:
   -o smtpd_client_restrictions=permit_sasl_authenticated,reject
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o smtpd_recipient_restrictions=check_recipient_access,regexp:{m.root}/postfix/etc/verify_recipients
+{HOST}:{m.submissions_port} inet n - n - - smtpd
+  -o syslog_name=postfix/submissions
+  -o smtpd_tls_wrappermode=yes
+  -o smtpd_sasl_auth_enable=yes
+  -o mynetworks=
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_recipient_restrictions=check_recipient_access,regexp:{m.root}/postfix/etc/verify_recipients
 pickup unix n - n 60 1 pickup
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
@@ -476,6 +484,7 @@ class MailServers:
         self.lmtp_port = 0
         self.smtp_port = 0
         self.submission_port = 0
+        self.submissions_port = 0
         self.sink = Sink()
         self.passwords: dict[str, str] = {}
         self._users_lock = threading.Lock()
@@ -493,14 +502,14 @@ class MailServers:
         deadline = time.monotonic() + timeout
         try:
             self.imap_port, self.imaps_port, self.lmtp_port = free_port(), free_port(), free_port()
-            self.smtp_port, self.submission_port = free_port(), free_port()
+            self.smtp_port, self.submission_port, self.submissions_port = free_port(), free_port(), free_port()
             make_certificate(self.root, [f"mx.{self.domain}", "localhost"])
             self.sink.start()
             self._start_dovecot()
             self._start_postfix()
             for port in (self.imap_port, self.imaps_port, self.lmtp_port):
                 _wait_port(port, deadline, self._dovecot)
-            for port in (self.smtp_port, self.submission_port):
+            for port in (self.smtp_port, self.submission_port, self.submissions_port):
                 _wait_port(port, deadline, self._postfix)
         except Exception as e:
             logs = self.log_tail()
@@ -532,7 +541,7 @@ class MailServers:
         (p / "data").mkdir()
         (etc / "main.cf").write_text(_postfix_main(self))
         (etc / "master.cf").write_text(_postfix_master(self))
-        (etc / "verify_recipients").write_text("/^reject-/ reject_unverified_recipient\n")
+        (etc / "verify_recipients").write_text("/^(reject|defer)-/ reject_unverified_recipient\n")
         # Postfix waits for a config file written in the last second to settle: backdate them.
         past = time.time() - 10
         for conf in etc.iterdir():
