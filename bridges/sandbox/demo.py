@@ -32,6 +32,9 @@ def _demo_config(workdir: Path, hs_port: int) -> Config:
     cfg.set("appservice.address", f"http://127.0.0.1:{port}")
     cfg.set("appservice.public_url", f"http://127.0.0.1:{port}")
     cfg.set("database.url", f"sqlite:///{(workdir / 'caliopen.db').resolve()}")
+    for name, section in cfg["networks"].items():
+        section["enabled"] = bool(section["enabled"]) and _importable(cfg, name)
+    cfg.set("networks.email.allow_plaintext_loopback", True)
     cfg.path = path
     cfg.validate()
     cfg.save()
@@ -108,6 +111,15 @@ async def demo(workdir: Path, port: int = 8008) -> int:
         for server in reversed(sandboxes):
             await server.stop()
         await synapse.stop()
+
+
+def _importable(cfg: Config, network: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(cfg.network_module(network)) is not None
+    except Exception:
+        return False
 
 
 def _port_free(port: int) -> bool:
