@@ -94,6 +94,7 @@ class SmsGateBackend:
         webhook_url: str,
         max_age: float = 300,
         policy: RetryPolicy | None = None,
+        hook_key: str | None = None,
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
@@ -101,6 +102,7 @@ class SmsGateBackend:
         self.signing_key = signing_key
         self.webhook_url = webhook_url
         self.max_age = max_age
+        self.hook_key = hook_key or webhook_url
         self.policy = policy or RetryPolicy()
         self.third_party = self.base_url.startswith("https://api.sms-gate.app")
         self._on_event: EventCallback | None = None
@@ -111,8 +113,8 @@ class SmsGateBackend:
         return f"SMSGate at {self.base_url}"
 
     def hook_id(self, suffix: str) -> str:
-        """A webhook ID stable for this bridge URL, so registering again replaces, never adds."""
-        digest = hashlib.sha256(self.webhook_url.encode()).hexdigest()[:12]
+        """A webhook ID stable for this login (``hook_key``), so registering again replaces, never adds."""
+        digest = hashlib.sha256(self.hook_key.encode()).hexdigest()[:12]
         return f"caliopen-{digest}-{suffix}"
 
     # --- settings -------------------------------------------------------------------------
