@@ -97,7 +97,7 @@ async def test_provisioning_auth_and_login(bridge, fake_remote):
     status, body = await bridge.provision("GET", "/whoami", "@eve:elsewhere.example")
     assert status == 403
     status, flows = await bridge.provision("GET", "/login/flows", user)
-    assert status == 200 and {"id": "fake.password", "network": "fake"}.items() <= flows["flows"][0].items()
+    assert status == 200 and "fake.password" in [f["id"] for f in flows["flows"] if f["network"] == "fake"]
     account = unique("provacct")
     fake_remote.add_account(account, "pw")
     status, step = await bridge.provision("POST", "/login/start/fake.password", user)
