@@ -102,6 +102,7 @@ class Caliopen:
         self._started = True
         await self.matrix.start()
         await self.bridge.start()
+        self.matrix.az.ready = True  # /_matrix/mau/ready answers 200 from now on
         log.info("Caliopen is ready (bot %s, networks: %s)", self.matrix.bot_mxid,
                  ", ".join(self.bridge.connectors) or "none")
 

@@ -135,7 +135,6 @@ class MatrixSide:
         except MatrixRequestError:
             log.warning("Could not set the bot's display name", exc_info=True)
         self._ready.set()
-        self.az.ready = True
         try:
             await self.az.ping_self()
         except Exception:

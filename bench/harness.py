@@ -1,0 +1,120 @@
+"""Shared pieces of the benchmarks: a Synapse, a bridge process, the raw-send baseline, CPU use.
+
+A benchmark compares the bridge's rate with a baseline measured in the same run on the same
+Synapse: the appservice sending pre-built encrypted events straight to the same rooms, from
+the same ghosts, at the same concurrency (one sender per room, in order, like the bridge's
+per-portal queues). The ratio, not the absolute rate, is what matters on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bridges.sandbox.synapse import Synapse, free_port  # noqa: E402
+from tests.rig.bridge import BridgeProcess, make_bridge_config  # noqa: E402
+
+DOMAIN = "caliopen.localhost"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / CLOCK_TICKS
+
+
+@dataclass
+class Setup:
+    synapse: Synapse
+    bridge: BridgeProcess
+    tmp: Path
+
+
+async def start(networks: dict[str, dict[str, Any]], tmp: Path | None = None) -> Setup:
+    tmp = tmp or Path(tempfile.mkdtemp(prefix="caliopen-bench-"))
+    port = free_port()
+    cfg = make_bridge_config(tmp / "bridge", tag="b", domain=DOMAIN, homeserver_url=f"http://127.0.0.1:{port}",
+                             db_url=None, networks=networks)
+    cfg.set("logging.level", "WARNING")
+    cfg.save()
+    synapse = Synapse(tmp / "synapse", server_name=DOMAIN, port=port,
+                      appservice_files=[tmp / "bridge" / "appservice.yaml"])
+    await synapse.start()
+    bridge = BridgeProcess(cfg)
+    await bridge.start()
+    return Setup(synapse, bridge, tmp)
+
+
+async def stop(setup: Setup) -> None:
+    await setup.bridge.stop()
+    await setup.synapse.stop()
+
+
+async def raw_send_rate(setup: Setup, rooms: dict[str, str], per_room: int) -> tuple[float, float, float]:
+    """Send ``per_room`` pre-built ``m.room.encrypted`` events into each room as its ghost.
+
+    ``rooms`` maps room ID → ghost user ID. Returns (events per second, bridge CPU s/event,
+    Synapse CPU s/event); the bridge is idle here, so its share is ~0.
+    """
+    cfg = setup.bridge.config
+    token = cfg["appservice.as_token"]
+    content = {
+        "algorithm": "m.megolm.v1.aes-sha2", "sender_key": "x" * 43, "device_id": "BENCH",
+        "session_id": "s" * 43, "ciphertext": "A" * 400,
+    }
+    syn_pid = setup.synapse.pid
+    cpu0 = cpu_seconds(syn_pid)
+    async with aiohttp.ClientSession() as http:
+        async def one_room(room: str, ghost: str) -> None:
+            for i in range(per_room):
+                url = f"{setup.synapse.url}/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/{uuid.uuid4().hex}"
+                async with http.put(url, json=content, params={"user_id": ghost},
+                                    headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 200, await r.text()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_room(room, ghost) for room, ghost in rooms.items()))
+        elapsed = time.perf_counter() - t0
+    n = per_room * len(rooms)
+    return n / elapsed, 0.0, (cpu_seconds(syn_pid) - cpu0) / n
+
+
+async def timed(setup: Setup, n: int, run: Callable[[], Awaitable[None]]) -> tuple[float, float, float]:
+    """Run ``run`` (which returns once ``n`` messages are bridged); returns (rate, bridge CPU
+    s/message, Synapse CPU s/message)."""
+    assert setup.bridge.proc is not None
+    b_pid, s_pid = setup.bridge.proc.pid, setup.synapse.pid
+    b0, s0 = cpu_seconds(b_pid), cpu_seconds(s_pid)
+    t0 = time.perf_counter()
+    await run()
+    elapsed = time.perf_counter() - t0
+    return n / elapsed, (cpu_seconds(b_pid) - b0) / n, (cpu_seconds(s_pid) - s0) / n
+
+
+def report(name: str, runs: list[dict[str, float]]) -> None:
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    print(f"\n{name}: median of {len(runs)} runs")
+    print(f"  bridged:  {med['bridged_rate']:8.1f} messages/s")
+    print(f"  baseline: {med['raw_rate']:8.1f} events/s (appservice sending pre-built events, same rooms)")
+    print(f"  ratio bridged/baseline: {med['bridged_rate'] / med['raw_rate']:.2f}")
+    print(f"  CPU per message: bridge {med['bridge_cpu'] * 1000:.1f} ms, Synapse {med['synapse_cpu'] * 1000:.1f} ms"
+          f" (bridge/Synapse {med['bridge_cpu'] / med['synapse_cpu']:.2f})")
+    for i, r in enumerate(runs, 1):
+        print(f"  run {i}: bridged {r['bridged_rate']:.1f}/s, baseline {r['raw_rate']:.1f}/s, "
+              f"ratio {r['bridged_rate'] / r['raw_rate']:.2f}, bridge CPU {r['bridge_cpu'] * 1000:.1f} ms/msg, "
+              f"Synapse CPU {r['synapse_cpu'] * 1000:.1f} ms/msg")
