@@ -175,7 +175,7 @@ class _TextMaker(HTMLParser):
         if text:
             for line in text.split("\n"):
                 self.lines.append((prefix + line).rstrip())
-        elif force_blank and self.lines and self.lines[-1] != prefix.rstrip():
+        if force_blank and self.lines and self.lines[-1].strip(" >"):
             self.lines.append(prefix.rstrip())
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -254,6 +254,8 @@ class _TextMaker(HTMLParser):
             if not line.strip(" >") and out and not out[-1].strip(" >"):
                 continue
             out.append(line)
+        while out and not out[-1].strip(" >"):
+            out.pop()
         return "\n".join(out).strip("\n")
 
 
@@ -566,7 +568,7 @@ def split_html_quote(html: str, *, allow_forward: bool = False) -> tuple[str, st
 
 _QUOTE_HINTS = (
     "blockquote", "gmail_quote", "yahoo_quoted", "protonmail_quote", "moz-cite-prefix", "divrplyfwdmsg",
-    "appendonsend", "mail-editor-reference", "olk_src_body", "original message", "_____",
+    "appendonsend", "mail-editor-reference", "olk_src_body", "original message", "_____", "&gt;",
 )
 _HEADER_HINT = re.compile(rf"(?is){_HEADER_FROM}\s*:.{{0,400}}?{_HEADER_SENT}\s*:")
 

@@ -43,6 +43,14 @@ def _strip_reply_fallback(body: str) -> str:
     return body
 
 
+def _address(name: str | None, addr: str, given: str) -> Address:
+    ids.normalize_address(addr)  # raises UserInputError for what is not one address
+    try:
+        return Address(display_name=one_line(name or ""), addr_spec=addr.strip())
+    except Exception as e:  # HeaderParseError, ValueError: not writable in a header
+        raise UserInputError(f"'{given}' is not an email address") from e
+
+
 def _address_list(values: list[str]) -> list[Address]:
     out: list[Address] = []
     for value in values:
@@ -50,10 +58,7 @@ def _address_list(values: list[str]) -> list[Address]:
             addr = addr.strip()
             if not addr:
                 continue
-            try:
-                out.append(Address(display_name=one_line(name), addr_spec=addr))
-            except (ValueError, IndexError, TypeError) as e:
-                raise UserInputError(f"'{value}' is not an email address") from e
+            out.append(_address(name, addr, value))
     return out
 
 
@@ -82,10 +87,7 @@ def build_outgoing(
     that cannot be written in a header.
     """
     out = EmailMessage()
-    try:
-        out["From"] = Address(display_name=one_line(from_name or ""), addr_spec=from_addr.strip())
-    except (ValueError, IndexError, TypeError) as e:
-        raise UserInputError(f"'{from_addr}' is not an email address") from e
+    out["From"] = _address(from_name, from_addr, from_addr)
     to_list, cc_list = _address_list(to), _address_list(cc)
     if to_list:
         out["To"] = to_list
@@ -124,7 +126,9 @@ def build_outgoing(
         out["References"] = " ".join(refs)
 
     if text.strip() or msg.media is None:
-        out.set_content(clean_text(text).replace("\r\n", "\n") + ("\n" if not text.endswith("\n") else ""))
+        plain = clean_text(text).replace("\r\n", "\n") + ("\n" if not text.endswith("\n") else "")
+        # Quoted-printable keeps non-ASCII mail 7-bit clean for servers without 8BITMIME.
+        out.set_content(plain, cte=None if plain.isascii() else "quoted-printable")
         if html is not None:
             safe = sanitize_html(html).html
             if safe:

@@ -81,7 +81,7 @@ def assert_safe_html(html: str) -> None:
         assert needle not in lowered, needle
 
 
-def check_converted(converted: ConvertedMessage) -> None:
+def check_converted(converted: ConvertedMessage, max_attachment: int = MAX_ATTACHMENT) -> None:
     """Invariants every conversion must keep."""
     assert converted.parts, "a mail always gives at least one part"
     ids = [p.part_id for p in converted.parts]
@@ -99,7 +99,7 @@ def check_converted(converted: ConvertedMessage) -> None:
             assert_safe_html(content["formatted_body"])
         if part.media is not None:
             assert content["msgtype"] in {"m.image", "m.file", "m.audio", "m.video"}
-            assert len(part.media.data) <= MAX_ATTACHMENT
+            assert len(part.media.data) <= max_attachment
             assert content["info"]["size"] == len(part.media.data)
             assert "/" not in part.media.filename and "\\" not in part.media.filename
         size = len(json.dumps({**content, "org.caliopen.privacy": converted.privacy}, ensure_ascii=False).encode())
