@@ -94,12 +94,22 @@ def _ips(text: str) -> list[str]:
     return out
 
 
+# Addresses that do not cross the internet: loopback, RFC 1918, shared (CGNAT), link-local, ULA.
+# (ipaddress's is_private also covers documentation and other reserved ranges: not these.)
+_INTERNAL_NETS = [ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+    "::1/128", "fc00::/7", "fe80::/10",
+)]
+
+
 def _is_internal_ip(ip: str) -> bool:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    return addr.is_loopback or addr.is_private or addr.is_link_local
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == net.version and addr in net for net in _INTERNAL_NETS)
 
 
 def parse_received(value: str) -> dict[str, Any]:
@@ -242,13 +252,18 @@ def _verify_dkim(raw: bytes, msg: Message, resolver: DnsResolver, from_domain: s
         try:
             ok = dkim.DKIM(raw, minkey=1024, timeout=5).verify(idx=idx, dnsfunc=dnsfunc)
             result = "pass" if ok else "fail"
+        except dkim.ValidationError as e:  # the signature does not match the message
+            result, reason = "fail", _short(str(e).split(" (")[0])
         except dkim.DnsTimeoutError:
-            result, reason = "temperror", "DNS lookup failed"
-        except dkim.DKIMException as e:
-            result = "permerror"
-            reason = "no key in DNS" if lookups[-1:] == ["missing"] else _short(str(e))
+            result = "temperror"
+        except dkim.DKIMException as e:  # malformed signature, unusable key
+            result, reason = "permerror", _short(str(e))
         except Exception as e:  # dkimpy on mail it did not expect
             result, reason = "permerror", type(e).__name__
+        if result != "pass" and lookups[-1:] == ["error"]:
+            result, reason = "temperror", "DNS lookup failed"
+        elif result != "pass" and lookups[-1:] == ["missing"]:
+            result, reason = "permerror", "no key for the signature in DNS"
         entry: dict[str, Any] = {**sig, "result": result, "aligned": _aligned(sig["domain"], from_domain)}
         if reason:
             entry["reason"] = reason
