@@ -223,10 +223,13 @@ class SmsGateEmulator:
         return out
 
     async def post_raw(self, url: str, body: bytes, headers: dict[str, str], *, event: str = "raw") -> Delivery:
-        """POST anything to the bridge (forged or malformed webhooks)."""
+        """POST anything to the bridge (forged or malformed webhooks). Status 0: no connection."""
         assert self._session is not None
-        async with self._session.post(url, data=body, headers=headers) as resp:
-            delivery = Delivery(event, url, resp.status, await resp.read())
+        try:
+            async with self._session.post(url, data=body, headers=headers) as resp:
+                delivery = Delivery(event, url, resp.status, await resp.read())
+        except aiohttp.ClientError:
+            delivery = Delivery(event, url, 0, b"")  # the bridge is down: the app retries later
         self.deliveries.append(delivery)
         return delivery
 

@@ -256,8 +256,11 @@ class TwilioEmulator:
         if sig:
             headers["X-Twilio-Signature"] = sig
         data = body if body is not None else urlencode(params).encode()
-        async with self._session.post(self.route(url), data=data, headers=headers) as resp:
-            delivery = Delivery(kind, url, resp.status, await resp.read(), params)
+        try:
+            async with self._session.post(self.route(url), data=data, headers=headers) as resp:
+                delivery = Delivery(kind, url, resp.status, await resp.read(), params)
+        except aiohttp.ClientError:
+            delivery = Delivery(kind, url, 0, b"", params)  # no connection
         self.deliveries.append(delivery)
         return delivery
 
