@@ -219,8 +219,8 @@ def parse_authentication_results(value: str) -> dict[str, Any]:
 
 def _dkim_domains(msg: Message) -> list[dict[str, str | None]]:
     out = []
-    for value in msg.get_all("DKIM-Signature") or []:
-        text = "".join(str(value).split())
+    for value in _raw_values(msg, "dkim-signature"):
+        text = "".join(value.split())
         tags = dict(t.split("=", 1) for t in text.split(";") if "=" in t)
         out.append({"domain": tags.get("d", "").lower() or None, "selector": tags.get("s") or None})
     return out
@@ -374,16 +374,16 @@ def _e2e(msg: Message) -> dict[str, Any]:
 
 
 def _from_domain(msg: Message) -> str | None:
+    values = _raw_values(msg, "from")
+    if not values:
+        return None
     try:
-        header = msg.get("From")
-        addresses = getattr(header, "addresses", None) or ()
-        for address in addresses:
+        for address in policy.default.header_factory("from", values[0]).addresses:
             if address.domain:
                 return str(address.domain).lower()
-    except Exception:
+    except Exception:  # the header parser fails on some malformed groups
         pass
-    raw = str(msg.get("From", "") or "")
-    m = re.search(r"@([A-Za-z0-9.-]+)", raw)
+    m = re.search(r"@([A-Za-z0-9.-]+)", values[0])
     return m.group(1).lower() if m else None
 
 
@@ -444,10 +444,10 @@ def _analyse(raw: bytes, resolver: DnsResolver | None, msg: Message | None) -> d
         "headers": len(auth_values),
     }
     from_domain = _from_domain(msg)
-    if resolver is not None and msg.get("DKIM-Signature") is not None:
+    if resolver is not None and _raw_values(msg, "dkim-signature"):
         dkim_block = _verify_dkim(raw, msg, resolver, from_domain)
     else:
-        sigs = _dkim_domains(msg) if msg.get("DKIM-Signature") is not None else []
+        sigs = _dkim_domains(msg)
         dkim_block = {
             "checked": False,
             "result": None if sigs else "none",
