@@ -1,5 +1,7 @@
 """The ``networks.sms`` config section. Every key is optional except the core's.
 
+Capabilities: none (configuration only).
+
 ::
 
     sms:

@@ -1,5 +1,7 @@
 """What can go wrong on the SMS network, and what the person is told.
 
+Capabilities: none (errors only).
+
 ::
 
     bridges.core.errors.SendError

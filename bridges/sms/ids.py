@@ -1,5 +1,7 @@
 """Every SMS ID, made and read here.
 
+Capabilities: none (IDs only).
+
 - A person (ghost): their number in E.164 (``+33612345678``). Senders that are not phone
   numbers (short codes, alphanumeric sender IDs such as ``AMAZON``) keep their digits or their
   lower-cased letters and digits: they cannot be answered, but they are bridged.

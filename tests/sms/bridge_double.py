@@ -27,6 +27,7 @@ class BridgeDouble:
         self.metadata: dict[str, dict[str, Any]] = {}
         self.webhooks: dict[str, WebhookHandler] = {}
         self.fail_next_queue = 0
+        self.stored_messages: set[tuple[str, str]] = set()  # (login, remote ID) the core has mapped
         self.gate: asyncio.Event | None = None  # when set, queue_remote_event waits for it
         self._public_url = f"http://127.0.0.1:{self.port}"
         self._runner: web.AppRunner | None = None
@@ -57,7 +58,8 @@ class BridgeDouble:
         self._changed.set()
 
     async def is_bridged(self, login_id: str, remote_id: str) -> bool:
-        return any(k[0] == login_id and k[2] == remote_id for k in self.keys)
+        return (login_id, remote_id) in self.stored_messages or any(
+            k[0] == login_id and k[2] == remote_id for k in self.keys)
 
     def register_webhook(self, network: str, handler: WebhookHandler) -> str:
         self.webhooks[network] = handler

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -67,7 +68,7 @@ async def provision_login(bridge: BridgeProcess, user: str, flow: str, values: d
 async def stack(tmp_path_factory: pytest.TempPathFactory, synapse_factory) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("sms-e2e")
     smsgate = SmsGateEmulator()
-    twilio = TwilioEmulator()
+    twilio = TwilioEmulator(numbers=("+15005550006", "+15005550007"))
     await smsgate.start()
     await twilio.start()
     smsd = rig.GammuSmsd(root / "smsd") if rig.available() else None
@@ -240,3 +241,27 @@ async def test_sigkill_after_the_ack_loses_nothing(stack: Stack) -> None:
     bodies = [e.get("content", {}).get("body") for e in alice.events(room)]
     assert bodies.count("acknowledged just before the crash") == 1
     assert bodies.count("sent while the bridge was down") == 1
+
+
+async def test_login_and_start_chat_by_chat_commands(stack: Stack) -> None:
+    alice, twilio, bridge = stack.alice, stack.twilio, stack.bridge
+    mgmt = await alice.create_dm(bridge.bot_mxid)
+    await alice.wait_for_message(mgmt, body_has("management room"), timeout=40)
+    await alice.send_text(mgmt, "login sms twilio")
+    answers = [("Send your phone number", "+15005550007"), ("Send your country", "-"),
+               ("Send your Twilio Account SID", twilio.account_sid), ("Send your Twilio Auth Token", twilio.auth_token)]
+    secret_event = ""
+    for prompt, value in answers:
+        await alice.wait_for_message(mgmt, body_has(prompt), timeout=40)
+        secret_event = await alice.send_text(mgmt, value)
+    done = await alice.wait_for_message(mgmt, body_has("Logged in to sms"), timeout=40)
+    raw = await alice.get_raw_event(mgmt, secret_event)  # the Auth Token's message is redacted
+    assert raw.get("unsigned", {}).get("redacted_because") or not raw.get("content"), raw
+    login_id = re.search(r"\(login (sms-[0-9a-f]+)\)", done["content"]["body"]).group(1)  # type: ignore[union-attr]
+    await asyncio.sleep(0.5)
+    await alice.send_text(mgmt, f"start-chat sms +33633333307 {login_id}")
+    await alice.wait_for_message(mgmt, body_has("you are invited"), timeout=40)
+    room = await alice.wait_for_invite(direct, timeout=40)
+    await alice.send_text(room, "started from the bot")
+    msg = await twilio.wait_sent(lambda m: m.body == "started from the bot", timeout=40)
+    assert (msg.from_, msg.to) == ("+15005550007", "+33633333307")
