@@ -29,6 +29,7 @@ class BridgeDouble:
         self.fail_next_queue = 0
         self.stored_messages: set[tuple[str, str]] = set()  # (login, remote ID) the core has mapped
         self.gate: asyncio.Event | None = None  # when set, queue_remote_event waits for it
+        self.waiting = 0  # calls held at the gate
         self._public_url = f"http://127.0.0.1:{self.port}"
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Event()
@@ -37,7 +38,12 @@ class BridgeDouble:
 
     async def queue_remote_event(self, event: RemoteEvent) -> bool:
         if self.gate is not None:
-            await self.gate.wait()
+            self.waiting += 1
+            self._changed.set()
+            try:
+                await self.gate.wait()
+            finally:
+                self.waiting -= 1
         if self.fail_next_queue:
             self.fail_next_queue -= 1
             raise RuntimeError("the database is unavailable")

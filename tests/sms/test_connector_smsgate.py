@@ -54,8 +54,9 @@ async def test_inbound_sms_is_queued_then_acknowledged(make_connector, login, fa
     # The webhook is answered only once the event is stored.
     fake_core.gate = asyncio.Event()
     task = asyncio.create_task(smsgate.inject_sms("+33612345678", SECRET_TEXT))
-    await asyncio.sleep(0.3)
-    assert not task.done() and fake_core.queued == []
+    await fake_core.wait_for(lambda: fake_core.waiting == 1, what="the webhook to reach the store")
+    await asyncio.sleep(0.1)
+    assert not task.done() and fake_core.queued == []  # no answer while the store has not returned
     fake_core.gate.set()
     fake_core.gate = None
     message_id, calls = await task
