@@ -465,14 +465,14 @@ class ImapConnection:
 
     async def append(
         self, folder: str, raw: bytes, *, flags: Sequence[str] = ("\\Seen",), when: datetime | None = None
-    ) -> int | None:
-        """APPEND ``raw`` to ``folder``; return its UID when the server says (UIDPLUS)."""
+    ) -> tuple[int, int] | None:
+        """APPEND ``raw`` to ``folder``; return (UIDVALIDITY, UID) when the server says (UIDPLUS)."""
 
-        def run() -> int | None:
+        def run() -> tuple[int, int] | None:
             resp = self._require().append(folder, raw, flags=tuple(flags), msg_time=when)
             text = resp if isinstance(resp, bytes) else str(resp).encode()
-            m = re.search(rb"APPENDUID \d+ (\d+)", text)
-            return int(m.group(1)) if m else None
+            m = re.search(rb"APPENDUID (\d+) (\d+)", text)
+            return (int(m.group(1)), int(m.group(2))) if m else None
 
         return await self._run(run)
 

@@ -148,9 +148,12 @@ async def test_set_seen_append_and_changed_flags(
     await imap.set_seen([uid])
     changed = await imap.changed_flags(before.highestmodseq or 0)
     assert "\\Seen" in changed[uid]
-    sent_uid = await imap.append("Sent", simple_message(from_addr=address, to="b@example.org", subject="out"))
+    appended = await imap.append("Sent", simple_message(from_addr=address, to="b@example.org", subject="out"))
+    assert appended is not None
+    sent_status = await imap.select("Sent")
+    assert appended[0] == sent_status.uidvalidity
     sent = await asyncio.to_thread(mailservers.fetch_all, address, "Sent")
-    assert [s[0] for s in sent] == [sent_uid] and b"\\Seen" in sent[0][1]
+    assert [s[0] for s in sent] == [appended[1]] and b"\\Seen" in sent[0][1]
 
 
 # --- waiting for mail -------------------------------------------------------------------
