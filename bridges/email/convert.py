@@ -143,12 +143,26 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
 
 
+_MAX_SUBJECT = 1000
+_MAX_LISTED = 50
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _people(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [{"name": _shorten(n, 200) or None, "address": _shorten(a, 320)} for n, a in pairs[:_MAX_LISTED]]
+
+
 def _email_block(h: EmailHeaders, *, thread_root: bool) -> dict[str, Any]:
+    """The headers shown in the first part's content (long lists cut: the metadata has them all)."""
     return {
-        "subject": h.subject,
+        "subject": _shorten(h.subject, _MAX_SUBJECT),
         "from": {"name": h.from_name, "address": h.from_addr},
-        "to": [{"name": n or None, "address": a} for n, a in h.to],
-        "cc": [{"name": n or None, "address": a} for n, a in h.cc],
+        "to": _people(h.to),
+        "cc": _people(h.cc),
+        "more_recipients": max(0, len(h.to) + len(h.cc) - len(h.to[:_MAX_LISTED]) - len(h.cc[:_MAX_LISTED])),
         "message_id": h.message_id,
         "date": h.date_ms,
         "thread_root": thread_root,
@@ -179,6 +193,7 @@ def email_to_matrix(
     trim_quotes: bool = True,
     dns_resolver: privacy.DnsResolver | None = None,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    as_thread_root: bool | None = None,
 ) -> ConvertedMessage:
     """Convert one raw mail into Matrix message parts. Pure (no I/O); never raises.
 
@@ -195,12 +210,16 @@ def email_to_matrix(
     ``privacy`` is :func:`bridges.email.privacy.analyse`'s block; DKIM is verified only
     when ``dns_resolver`` is given. A mail that cannot be read becomes a notice (sender,
     subject, size) and the raw message as ``message.eml``.
+
+    ``as_thread_root`` overrides whether the mail is shown as a thread root (subject in bold,
+    ``thread_root`` flag): pass ``True`` for a reply whose thread was never bridged.
+    ``max_event_bytes`` caps each part's content (see :data:`DEFAULT_MAX_EVENT_BYTES`).
     """
     try:
         msg = PARSER.parsebytes(prepare_raw(raw))
         if not _looks_like_mail(msg):
             return _unreadable(raw, max_attachment_size, dns_resolver, reason="no mail headers")
-        return _convert(raw, msg, max_attachment_size, trim_quotes, dns_resolver, max_event_bytes)
+        return _convert(raw, msg, max_attachment_size, trim_quotes, dns_resolver, max_event_bytes, as_thread_root)
     except Exception as e:  # the sync must go on: a mail we cannot read still arrives
         log.warning("Could not convert a %d-byte mail: %s", len(raw), type(e).__name__, exc_info=True)
         return _unreadable(raw, max_attachment_size, dns_resolver, reason=type(e).__name__)
@@ -252,7 +271,13 @@ def _unreadable(raw: bytes, max_size: int, resolver: privacy.DnsResolver | None,
 
 
 def _convert(
-    raw: bytes, msg: Message, max_size: int, trim_quotes: bool, resolver: privacy.DnsResolver | None, max_bytes: int
+    raw: bytes,
+    msg: Message,
+    max_size: int,
+    trim_quotes: bool,
+    resolver: privacy.DnsResolver | None,
+    max_bytes: int,
+    as_thread_root: bool | None,
 ) -> ConvertedMessage:
     h = headers_of(msg)
     body = collect_body(msg)
@@ -264,7 +289,7 @@ def _convert(
     reply_to_id = h.in_reply_to or (h.references[-1] if h.references else None)
     if reply_to_id == h.message_id:
         reply_to_id = None
-    is_root = thread_root_id is None
+    is_root = thread_root_id is None if as_thread_root is None else as_thread_root
 
     plain, html = _assemble(body)
     text_part, extra_files = _text_content(
@@ -352,8 +377,9 @@ def _text_content(
     if not has_text and not (is_root and h.subject):
         return None, []
 
-    subject_html = f"<p><strong>{html_lib.escape(h.subject)}</strong></p>\n" if is_root and h.subject else ""
-    subject_plain = f"{h.subject}\n\n" if is_root and h.subject else ""
+    subject = _shorten(h.subject, _MAX_SUBJECT)
+    subject_html = f"<p><strong>{html_lib.escape(subject)}</strong></p>\n" if is_root and subject else ""
+    subject_plain = f"{subject}\n\n" if is_root and subject else ""
     notes_plain = "".join(f"\n\n{n}" for n in note_lines)
     notes_html = "".join(f"\n<p><em>{html_lib.escape(n)}</em></p>" for n in note_lines)
     image_note = ""
@@ -370,12 +396,12 @@ def _text_content(
 
     def build(with_details: bool, with_html: bool, text: str) -> dict[str, Any]:
         c = dict(content)
-        pieces = [subject_plain.strip(), (text + (hidden if with_details else "")).strip(), notes_plain.strip()]
-        c["body"] = "\n\n".join(p for p in pieces if p) or h.subject
+        pieces = [subject_plain.strip(), (text + hidden).strip(), notes_plain.strip()]
+        c["body"] = "\n\n".join(p for p in pieces if p) or subject
         if with_html and needs_html:
             c["format"] = "org.matrix.custom.html"
             c["formatted_body"] = subject_html + new_html + (details if with_details else "") + notes_html + image_note
-        c[EMAIL_KEY] = {"remote_images_blocked": remote_images, "quoted_text_folded": bool(details)}
+        c[EMAIL_KEY] = {"remote_images_blocked": remote_images, "quoted_text_folded": bool(details) and with_details}
         return c
 
     email_block_size = _json_size(_email_block(h, thread_root=is_root)) + 200

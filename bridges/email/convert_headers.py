@@ -13,8 +13,9 @@ import logging
 import quopri
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from email import policy
+from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
@@ -159,18 +160,31 @@ def header(msg: Message, name: str) -> Any:
         return values[0]
 
 
+_FULL_PARSE_LIMIT = 8_000
+
+
+def _decode_words(text: str) -> str:
+    try:
+        return str(make_header(decode_header(text)))
+    except Exception:
+        return text
+
+
 def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for value in raw_values(msg, name):
         pairs: list[tuple[str, str]] = []
-        try:
-            header = policy.default.header_factory(name, value)
-            pairs = [(a.display_name or "", a.addr_spec or "") for a in header.addresses]
-        except Exception:
-            pairs = []
-        if not pairs or any("@" not in a for _, a in pairs):
-            pairs = getaddresses([value]) if not pairs else pairs
+        if len(value) <= _FULL_PARSE_LIMIT:
+            try:
+                header = policy.default.header_factory(name, value)
+                pairs = [(a.display_name or "", a.addr_spec or "") for a in header.addresses]
+            except Exception:  # the header parser fails on some malformed groups
+                pairs = []
+        if not pairs:
+            # Long lists (the full parser is slow on thousands of recipients) and what it
+            # could not read: the lenient parser, encoded words decoded by hand.
+            pairs = [(_decode_words(n), a) for n, a in getaddresses([value])]
         for display, addr in pairs:
             addr = one_line(addr)
             if "@" not in addr:

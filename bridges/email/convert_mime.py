@@ -11,7 +11,7 @@ import mimetypes
 import re
 import struct
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.message import Message
 from email.utils import format_datetime
@@ -192,12 +192,16 @@ def _text_of(part: Message) -> str:
 
 @dataclass
 class Section:
+    """One run of body text: its plain and/or HTML form (an alternative gives both)."""
+
     plain: str | None = None
     html: str | None = None
 
 
 @dataclass
 class Attachment:
+    """A file of the mail (``inline``: an inline image or a part with a Content-ID)."""
+
     data: bytes
     mimetype: str
     filename: str
@@ -206,6 +210,8 @@ class Attachment:
 
 @dataclass
 class Body:
+    """What :func:`collect_body` found, in MIME order."""
+
     sections: list[Section] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

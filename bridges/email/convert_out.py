@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html as html_lib
 import re
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, make_msgid

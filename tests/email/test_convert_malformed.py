@@ -333,11 +333,23 @@ def test_huge_text_body_is_cut_and_attached() -> None:
     assert "<b>bold</b>" in names["message.html"].data.decode()
 
 
+def test_huge_headers_keep_the_event_small() -> None:
+    to = ", ".join(f"Person {i} <person{i}@example.org>" for i in range(2000))
+    raw = f"From: a@example.org\nTo: {to}\nSubject: {'long subject ' * 2000}\n\nHi all\n".encode()
+    converted = email_to_matrix(raw, max_attachment_size=100)
+    check_converted(converted)
+    block = converted.parts[0].content[EMAIL_KEY]
+    assert len(block["to"]) == 50 and block["more_recipients"] == 1950
+    assert len(converted.metadata["to"]) == 2000  # stored with the message for replies
+
+
 def test_big_quote_is_dropped_before_the_answer() -> None:
     quote = "\n".join(f"> line {i} of a very long quoted history" for i in range(3000))
     raw = (f"From: a@example.org\nTo: b@example.org\nSubject: Re: x\nIn-Reply-To: <p@x>\n"
            f"Content-Type: text/plain; charset=utf-8\n\nShort answer.\n\nOn Monday, B wrote:\n{quote}\n").encode()
     body = email_to_matrix(raw, max_attachment_size=1 << 20).parts[0].content
     assert body["body"].startswith("Short answer.")
+    assert "line 2999" not in body["body"]
     assert "<details>" not in body.get("formatted_body", "")
+    assert body[EMAIL_KEY]["quoted_text_folded"] is False
     assert len(json.dumps(body).encode()) <= convert.DEFAULT_MAX_EVENT_BYTES

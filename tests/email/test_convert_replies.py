@@ -204,6 +204,16 @@ def test_thread_root_shows_its_subject() -> None:
     assert body["body"].startswith("Budget review\n\n")
 
 
+def test_reply_can_be_shown_as_a_thread_root() -> None:
+    """A reply whose thread was never bridged starts a thread of its own, subject on top."""
+    raw = (DATA / "gmail_reply.eml").read_bytes()
+    converted = email_to_matrix(raw, max_attachment_size=1 << 20, as_thread_root=True)
+    body = converted.parts[0].content
+    assert body[EMAIL_KEY]["thread_root"] is True
+    assert body["formatted_body"].startswith("<p><strong>Re: Lunch on Friday?</strong></p>")
+    assert converted.thread_root_id == "CAB7rX=w1root@mail.gmail.com"  # still what the headers say
+
+
 def test_in_reply_to_without_references() -> None:
     converted = email_to_matrix((DATA / "auto_reply.eml").read_bytes(), max_attachment_size=1 << 20)
     assert converted.thread_root_id == "meeting-1@caliopen.test"
