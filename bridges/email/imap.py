@@ -41,6 +41,11 @@ from ..core.errors import CaliopenError, LoginError
 
 log = logging.getLogger("caliopen.email.imap")
 
+# imapclient logs the protocol at DEBUG: message text, and a password sent as a literal. Never
+# let that through, whatever level the bridge logs at.
+for _name in ("imapclient", "imapclient.imaplib", "imapclient.imapclient"):
+    logging.getLogger(_name).setLevel(logging.INFO)
+
 T = TypeVar("T")
 
 #: Names tried, in order, for the Sent folder when the server does not flag it (SPECIAL-USE).
@@ -268,7 +273,15 @@ class ImapConnection:
                     except (OSError, imaplib.IMAP4.error) as e:
                         raise ServerUnreachable(describe_connect_error("IMAP", s, e)) from e
                 try:
-                    client.login(s.username, s.password)
+                    if (s.username + s.password).isascii():
+                        client.login(s.username, s.password)
+                    elif client.has_capability("AUTH=PLAIN"):
+                        client.plain_login(s.username, s.password)  # UTF-8, where LOGIN is ASCII only
+                    else:
+                        raise LoginError(
+                            f"The IMAP server {s.host} cannot take a username or password with "
+                            "non-ASCII characters."
+                        )
                 except imap_exc.LoginError as e:
                     raise AuthenticationFailed(self._auth_message()) from e
                 except (OSError, imaplib.IMAP4.abort) as e:

@@ -254,3 +254,28 @@ async def test_connection_dropped_during_idle(mailservers: MailServers, mail_use
         await conn.close()
     finally:
         await proxy.stop()
+
+
+async def test_protocol_traffic_never_reaches_the_log(mailservers: MailServers, mail_user: tuple[str, str],
+                                                      caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    address, password = mail_user
+    await asyncio.to_thread(mailservers.append, address, "INBOX",
+                            simple_message(from_addr="a@example.org", to=address, body="a private letter\n"))
+    # A non-ASCII password travels as a literal, which imapclient would log.
+    conn = ImapConnection(imap_settings(mailservers, address, password="pässwörd-" + password))
+    with pytest.raises(AuthenticationFailed):
+        await conn.connect()
+    await conn.close()
+    conn = ImapConnection(imap_settings(mailservers, address))
+    await conn.connect()
+    await conn.select("INBOX")
+    (msg,) = await conn.fetch(await conn.all_uids(), max_body_size=100_000)
+    assert msg.raw is not None and b"a private letter" in msg.raw
+    await conn.append("Sent", simple_message(from_addr=address, to="b@example.org", body="another secret\n"))
+    await conn.close()
+    text = caplog.text
+    assert "private letter" not in text and "another secret" not in text
+    assert password not in text and "pässwörd" not in text
