@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.header import decode_header, make_header
+from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
@@ -25,13 +26,46 @@ from ..core.errors import UserInputError
 from . import ids
 
 __all__ = [
-    "EmailHeaders", "clean_text", "display_address", "header", "headers_of", "one_line", "parse_headers",
+    "PARSER", "POLICY", "EmailHeaders", "clean_text", "display_address", "header", "headers_of", "one_line", "parse_headers",
     "prepare_raw", "raw_values",
 ]
 
 log = logging.getLogger("caliopen.email.convert")
 
-PARSER = BytesParser(policy=policy.default)
+
+
+class _CachingHeaderRegistry(HeaderRegistry):
+    """``policy.default``'s header registry, remembering the classes it builds and the headers
+    it parsed. The standard one makes a new class at every header it parses, and the parser
+    reads Content-Type again at every ``get_content_type()``: caching keeps conversion fast.
+    Header objects are immutable strings, so sharing them is safe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type] = {}
+        self._parsed: dict[tuple[str, str], Any] = {}
+
+    def __getitem__(self, name: str) -> type:
+        cls = self._classes.get(name)
+        if cls is None:
+            cls = self._classes[name] = super().__getitem__(name)
+        return cls
+
+    def __call__(self, name: str, value: str) -> Any:
+        key = (name, value)
+        header = self._parsed.get(key)
+        if header is None:
+            header = self[name](name, value)
+            if len(value) <= 512:
+                if len(self._parsed) >= 4096:
+                    self._parsed.clear()
+                self._parsed[key] = header
+        return header
+
+
+#: ``policy.default`` with a caching header registry: what every mail here is parsed with.
+POLICY = policy.default.clone(header_factory=_CachingHeaderRegistry())
+PARSER = BytesParser(policy=POLICY)
 
 
 # --- headers ----------------------------------------------------------------------------------
@@ -155,7 +189,7 @@ def header(msg: Message, name: str) -> Any:
     if not values:
         return None
     try:
-        return policy.default.header_factory(name, values[0])
+        return POLICY.header_factory(name, values[0])
     except Exception:
         return values[0]
 
@@ -177,7 +211,7 @@ def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
         pairs: list[tuple[str, str]] = []
         if len(value) <= _FULL_PARSE_LIMIT:
             try:
-                header = policy.default.header_factory(name, value)
+                header = POLICY.header_factory(name, value)
                 pairs = [(a.display_name or "", a.addr_spec or "") for a in header.addresses]
             except Exception:  # the header parser fails on some malformed groups
                 pairs = []
@@ -206,7 +240,7 @@ def _date_ms(msg: Message) -> int | None:
         return None
     dt: datetime | None = None
     try:
-        dt = policy.default.header_factory("date", values[0]).datetime
+        dt = POLICY.header_factory("date", values[0]).datetime
     except Exception:
         dt = None
     if dt is None:

@@ -28,14 +28,13 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from email import policy
 from email.message import Message
-from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import dkim
 
+from .convert_headers import PARSER, POLICY
 from .convert_mime import part_info, payload_bytes
 
 __all__ = ["DnsResolver", "analyse", "dns_txt_resolver", "parse_authentication_results", "parse_received"]
@@ -378,7 +377,7 @@ def _from_domain(msg: Message) -> str | None:
     if not values:
         return None
     try:
-        for address in policy.default.header_factory("from", values[0]).addresses:
+        for address in POLICY.header_factory("from", values[0]).addresses:
             if address.domain:
                 return str(address.domain).lower()
     except Exception:  # the header parser fails on some malformed groups
@@ -421,7 +420,7 @@ def analyse(
 
 def _analyse(raw: bytes, resolver: DnsResolver | None, msg: Message | None) -> dict[str, Any]:
     if msg is None:
-        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        msg = PARSER.parsebytes(raw)
     hops = [parse_received(v) for v in _raw_values(msg, "received")[:_MAX_HOPS]]
     external = [h for h in hops if not h["internal"]]
     encrypted = [h for h in external if h["tls"]]
