@@ -55,9 +55,10 @@ def setup_logging(config: Config) -> None:
     root.handlers[:] = [handler]
     level = str(config["logging.level"]).upper()
     root.setLevel(level)
-    # mautrix logs request bodies at DEBUG/TRACE: keep its chatter out unless asked for.
-    for noisy in ("mau", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # Database drivers and mautrix log SQL parameters and request bodies at DEBUG: they would
+    # put message bodies in the log. They stay at WARNING whatever the level asked for.
+    for noisy in ("mau", "aiohttp.access", "aiosqlite", "asyncpg", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class Caliopen:

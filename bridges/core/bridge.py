@@ -8,6 +8,7 @@ network protocol and never touches ciphertext.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 from typing import Any
@@ -157,8 +158,17 @@ class Bridge:
     async def queue_remote_event(self, event: RemoteEvent) -> bool:
         if event.login_id not in self.logins:
             raise UserInputError(f"unknown login {event.login_id}")
-        if event.kind == RemoteEventKind.MESSAGE and await self.store.messages.exists(event.login_id, event.remote_id):
-            return False
+        if event.kind == RemoteEventKind.MESSAGE:
+            if await self.store.messages.exists(event.login_id, event.remote_id):
+                return False
+        elif event.target_id is not None:
+            # Events about a message belong to that message's portal, whatever the network said.
+            target = await self.store.messages.first_part(event.login_id, event.target_id)
+            if target is None:
+                if event.kind in (RemoteEventKind.DELIVERY, RemoteEventKind.READ_RECEIPT):
+                    return False  # about a message that was never bridged: nothing to show
+            elif target.portal_id != event.portal_id:
+                event = dataclasses.replace(event, portal_id=target.portal_id)
         row_id = await self.store.inbox.add(event.login_id, event.portal_id, event.kind.value, event.remote_id,
                                             event.to_json())
         if row_id is None:
@@ -220,10 +230,15 @@ class Bridge:
         if pending:
             log.info("Resumed %d stored remote events", len(pending))
 
-    def retry_later(self, portal: Portal, row: Any, event: RemoteEvent) -> None:
+    def retry_later(self, portal: Portal, row: Any, event: RemoteEvent, transient: bool = False) -> None:
+        """Queue the event again after a delay (doubling, at most a minute)."""
         async def retry() -> None:
-            await asyncio.sleep(min(2 ** (row.attempts + 1), 60))
-            row.attempts += 1
+            if transient:
+                row.waits = getattr(row, "waits", 0) + 1
+                await asyncio.sleep(min(2 ** row.waits, 30))
+            else:
+                await asyncio.sleep(min(2 ** (row.attempts + 1), 60))
+                row.attempts += 1
             portal.submit(lambda: portal.handle_remote(row, event))
 
         self.spawn(retry())

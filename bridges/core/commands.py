@@ -36,7 +36,7 @@ Commands (send them here, in this room):
   login <network> [flow]      connect an account (the bot asks for each field)
   logins                      your logins and their state
   logout <login-id>           disconnect and forget a login
-  start-chat <network> <who> [login-id]   open a room with an address or a number
+  start-chat <network> <who> [--login ID]   open a room with an address or a number
   cancel                      stop a login in progress
   ping                        is the bridge alive
   version                     the bridge's version"""
@@ -63,8 +63,8 @@ def _parser() -> _Parser:
     sub.add_parser("logout", add_help=False).add_argument("login_id")
     sc = sub.add_parser("start-chat", add_help=False)
     sc.add_argument("network")
-    sc.add_argument("identifier")
-    sc.add_argument("login_id", nargs="?")
+    sc.add_argument("--login", dest="login_id")
+    sc.add_argument("identifier", nargs="+")  # the rest of the line: "+33 6 12 34 56 78"
     return p
 
 
@@ -199,7 +199,7 @@ class CommandProcessor:
                       and (args.login_id is None or r.id == args.login_id)]
         if not candidates:
             raise UserInputError(f"You have no {args.network} login. Send `login {args.network}` first.")
-        room = await start_chat(bridge, candidates[0].id, args.identifier)
+        room = await start_chat(bridge, candidates[0].id, " ".join(args.identifier))
         return f"Opened {room}: you are invited."
 
     async def cmd_login(self, sender: str, room_id: str, args: Any) -> str:

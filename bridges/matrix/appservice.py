@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+
+import aiohttp
 import json
 import logging
 from typing import Any, Awaitable, Callable
@@ -22,7 +24,7 @@ from aiohttp import web
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
-from mautrix.errors import DecryptionError, MatrixRequestError
+from mautrix.errors import DecryptionError, MatrixConnectionError, MatrixRequestError
 from mautrix.types import (
     EncryptedEvent,
     Event,
@@ -65,9 +67,12 @@ class _AppService(AppService):
         if token != self.hs_token:
             log.warning("Refused a transaction with a wrong hs_token from %s", request.remote)
             return web.json_response({"errcode": "M_FORBIDDEN", "error": "Wrong token"}, status=403)
-        txn_id = request.match_info["transaction_id"]
+        # Homeservers may count transaction IDs from 1 again after a restart (Synapse does when
+        # it kept no state for the appservice), so a replay is the same ID with the same body.
+        raw = await request.read()
+        txn_id = request.match_info["transaction_id"] + ":" + hashlib.sha256(raw).hexdigest()[:32]
         try:
-            body = await request.json()
+            body = json.loads(raw)
             events = body["events"]
             if not isinstance(events, list):
                 raise TypeError("events is not a list")
@@ -126,6 +131,7 @@ class MatrixSide:
         host, port = self.config["appservice.hostname"], self.config["appservice.port"]
         await self.az.start(host, port)
         self._az_started = True
+        await self.wait_for_homeserver()
         bot = self.bot_intent
         await bot.ensure_registered()
         await self.crypto.start()
@@ -382,6 +388,32 @@ class MatrixSide:
 
     async def mark_read(self, room_id: str, sender: str, event_id: str) -> None:
         await self.intent(sender).mark_read(room_id, event_id)
+
+    def is_transient(self, error: BaseException) -> bool:
+        if isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, MatrixConnectionError)):
+            return True
+        if isinstance(error, MatrixRequestError):
+            return error.http_status >= 500 or error.http_status == 429
+        return False
+
+    async def wait_for_homeserver(self) -> None:
+        """Wait until the homeserver answers, logging while it does not (it may start later)."""
+        delay = 1.0
+        while True:
+            try:
+                async with self.az.http_session.get(
+                    f"{self.config['homeserver.address'].rstrip('/')}/_matrix/client/versions"
+                ) as resp:
+                    if resp.status == 200:
+                        return
+                    raise MatrixConnectionError(f"HTTP {resp.status}")
+            except Exception as e:
+                if not self.is_transient(e):
+                    raise
+                log.warning("The homeserver at %s is unreachable (%s); retrying in %.0f s",
+                            self.config["homeserver.address"], type(e).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
 
     async def set_typing(self, room_id: str, sender: str, typing: bool) -> None:
         await self.intent(sender).set_typing(room_id, timeout=30000 if typing else 0)

@@ -82,3 +82,7 @@ async def test_round_trip_and_crash(any_bridge, nio_users, fake_remote):
     assert bodies.count("hello from bob") == 1
     assert bodies.count("sent while the bridge was down") == 1
     assert [m["text"] for m in fake_remote.sent if m["account"] == account].count("hi bob, from matrix") == 1
+    # Even at DEBUG, no message body and no password reaches the log.
+    log = bridge.log_text()
+    for secret in ("hello from bob", "hi bob, from matrix", "sent while the bridge was down", "hunter2"):
+        assert secret not in log

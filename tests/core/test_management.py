@@ -110,7 +110,7 @@ async def test_provisioning_auth_and_login(bridge, fake_remote):
     status, who = await bridge.provision("GET", "/whoami", user)
     assert [lg["id"] for lg in who["logins"]] == [login_id]
     assert who["networks"]["fake"] == {"enabled_on_server": True, "enabled_for_user": True}
-    assert who["networks"]["email"]["enabled_on_server"] is False
+    assert who["networks"]["twitter"]["enabled_on_server"] is False
     status, _ = await bridge.provision("POST", f"/logout/{login_id}", user)
     assert status == 200
     status, logins = await bridge.provision("GET", "/logins", user)
