@@ -250,7 +250,10 @@ async def convert_event(client: EmailClient, portal: PortalRef, event: RemoteEve
         "uidvalidity": data.get("uidvalidity"),
         "uid": data.get("uid"),
     }
-    return replace(converted, thread_root_id=root, reply_to_id=reply_to, metadata=metadata)
+    # Part IDs that sort in sending order: the core takes a message's first part (by part ID)
+    # as the event that replies and threads point to, and "att-1" sorts before "body".
+    parts = [replace(part, part_id=f"{i:03d}.{part.part_id}") for i, part in enumerate(converted.parts)]
+    return replace(converted, parts=parts, thread_root_id=root, reply_to_id=reply_to, metadata=metadata)
 
 
 # --- the sync -------------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""Email end to end: real Synapse, real bridge process, Dovecot and Postfix, a decrypting client.
+
+Mail delivered to the mailbox appears decrypted in its room (HTML sanitised, attachments
+byte-identical, replies in the thread); a reply typed in the thread goes out with threading
+headers and an attachment, and is filed in Sent; a refused recipient and a wrong password get
+plain errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+import datetime as dt
+
+import pytest_asyncio
+
+from tests.conftest import unique
+from tests.email.e2e import EmailStack, body_has, msgtype_is, room_named, thread_of
+from tests.rig.mailservers import MailServers, simple_message
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(synapse_factory, mailservers, tmp_path_factory) -> AsyncIterator[EmailStack]:  # type: ignore[no-untyped-def]
+    s = EmailStack(tmp_path_factory.mktemp("email-e2e"), mailservers)
+    await s.start(synapse_factory)
+    yield s
+    await s.stop()
+
+
+def rich_mail(me: str, sender: str, message_id: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Alice Example <{sender}>"
+    msg["To"] = me
+    msg["Subject"] = "Holiday photos"
+    msg["Date"] = format_datetime(dt.datetime.now(dt.timezone.utc))
+    msg["Message-ID"] = message_id
+    msg.set_content("Hello from Alice!\nThe plan is attached.\n")
+    msg.add_alternative(
+        "<p>Hello from <b>Alice</b>!</p><script>alert(1)</script>"
+        "<img src=x onerror=\"alert(2)\"><a href=\"javascript:alert(3)\">click</a>"
+        "<p>The plan is attached.</p>", subtype="html")
+    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename="plan.pdf")
+    msg.add_attachment(PNG, maintype="image", subtype="png", filename="dot.png")
+    return msg.as_bytes()
+
+
+async def test_mail_in_reply_out(stack: EmailStack, mailservers: MailServers) -> None:
+    me = mailservers.add_user(unique("e2e"))
+    alice_addr = f"{unique('alice')}@friends.example"
+    user = await stack.user("alice")
+    await stack.login(user.user_id, me, display_name="Me Myself")
+
+    root_id = make_msgid(domain="friends.example")
+    await asyncio.to_thread(mailservers.deliver, rich_mail(me, alice_addr, root_id), me)
+    room = await user.wait_for_invite(room_named("Alice Example"), timeout=60)
+    text = await user.wait_for_message(room, body_has("Hello from Alice!"), timeout=60)
+    raw = await user.get_raw_event(room, text["event_id"])
+    assert raw["type"] == "m.room.encrypted"
+    content = text["content"]
+    html = content.get("formatted_body", "")
+    assert "<b>Alice</b>" in html
+    for bad in ("<script", "onerror", "javascript:", "alert("):
+        assert bad not in html
+    assert "org.caliopen.privacy" in content
+    pdf = await user.wait_for_message(room, msgtype_is("m.file"), timeout=30)
+    assert pdf["content"]["body"] == "plan.pdf" and await user.download_decrypted(pdf["content"]) == PDF
+    image = await user.wait_for_message(room, msgtype_is("m.image"), timeout=30)
+    assert await user.download_decrypted(image["content"]) == PNG
+
+    # Alice answers herself: her mail lands in the thread of the first.
+    second = simple_message(from_addr=f"Alice Example <{alice_addr}>", to=me, subject="Re: Holiday photos",
+                            body="Second thoughts: the beach.\n", message_id=make_msgid(domain="friends.example"),
+                            in_reply_to=root_id, references=[root_id])
+    await asyncio.to_thread(mailservers.deliver, second, me)
+    answer = await user.wait_for_message(room, body_has("Second thoughts"), timeout=60)
+    assert thread_of(answer) == text["event_id"]
+
+    # A reply typed in the thread goes out as a reply in that email thread.
+    await user.send_text(room, "Lovely, see you there!", thread_root=text["event_id"], reply_to=answer["event_id"])
+    (out,) = await mailservers.sink.wait_for(alice_addr, timeout=60)
+    mail = out.message
+    assert mail["Subject"] == "Re: Holiday photos"
+    assert mail["In-Reply-To"] == second.split(b"Message-ID: ")[1].split(b"\n")[0].decode().strip()
+    assert root_id in mail["References"]
+    assert mail["From"].addresses[0].addr_spec == me and mail["From"].addresses[0].display_name == "Me Myself"
+    assert "Lovely, see you there!" in mail.get_body(("plain",)).get_content()
+    sent = await mailservers.wait_for_mail(me, "Sent", timeout=30)
+    assert any(mail["Message-ID"].encode() in r for _, _, r in sent)
+
+    # A file sent from Matrix is an attachment, byte for byte.
+    data = bytes(reversed(PDF))
+    await user.send_file(room, data, "minutes.pdf", "application/pdf")
+    (_, with_file) = await mailservers.sink.wait_for(alice_addr, count=2, timeout=60)
+    (att,) = list(with_file.message.iter_attachments())
+    assert att.get_filename() == "minutes.pdf" and att.get_content() == data
+
+    # Nothing was bridged twice (the copies in Sent are the Matrix messages themselves).
+    await asyncio.sleep(2)
+    bodies = [str(e.get("content", {}).get("body", "")) for e in user.events(room)]
+    assert sum("Lovely, see you there!" in b for b in bodies) == 1
+    assert sum("Hello from Alice!" in b for b in bodies) == 1
+
+
+async def test_refused_recipient_shows_an_error_in_the_room(stack: EmailStack, mailservers: MailServers) -> None:
+    me = mailservers.add_user(unique("e2e"))
+    user = await stack.user("bob")
+    login_id = await stack.login(user.user_id, me)
+    status, created = await stack.bridge.provision(
+        "POST", f"/create_dm/reject-zoe@friends.example?login_id={login_id}", user.user_id)
+    assert status == 200, created
+    room = await user.wait_for_invite(room_named("reject-zoe@friends.example"), timeout=60)
+    await user.send_text(room, "Are you there?")
+    notice = await user.wait_for_message(room, body_has("was not sent"), timeout=60)
+    assert "reject-zoe@friends.example" in notice["content"]["body"]
+    assert await asyncio.to_thread(mailservers.fetch_all, me, "Sent") == []
+
+
+async def test_wrong_password_is_refused_plainly(stack: EmailStack, mailservers: MailServers) -> None:
+    me = mailservers.add_user(unique("e2e"))
+    user = await stack.user("carl")
+    status, step = await stack.bridge.provision("POST", "/login/start/email.password", user.user_id)
+    assert status == 200
+    status, error = await stack.bridge.provision(
+        "POST", f"/login/step/{step['login_id']}/{step['step_id']}/user_input", user.user_id,
+        json=stack.login_values(me, password="wrong-password"))
+    assert status == 400 and "refused the username or password" in error["error"]
+    assert "wrong-password" not in stack.bridge.log_text()
