@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..db import LoginRow, PortalRow, Store
+from ..db import GhostRow, InboxRow, LoginRow, PortalRow, Store
 from .errors import CaliopenError, ConfigError, UserInputError
 from .events import RemoteEvent, RemoteEventKind, Sender
 from .ids import ghost_mxid, new_login_id
@@ -30,6 +30,7 @@ from .network import (
     WebhookHandler,
 )
 from .portal import Portal
+from .portal_base import PortalBase
 from .secrets import SecretBox
 
 log = logging.getLogger("caliopen.bridge")
@@ -174,10 +175,8 @@ class Bridge:
         if row_id is None:
             return False
         portal = await self.get_portal(event.login_id, event.portal_id)
-        from ..db import InboxRow
-
-        row = InboxRow(row_id, event.login_id, event.portal_id, event.kind.value, event.remote_id, "", 0)
-        portal.submit(lambda: portal.handle_remote(row, event))
+        portal.enqueue_remote(InboxRow(row_id, event.login_id, event.portal_id, event.kind.value,
+                                       event.remote_id, "", 0), event)
         return True
 
     async def save_login_metadata(self, login_id: str, metadata: dict[str, Any]) -> None:
@@ -217,31 +216,20 @@ class Bridge:
 
     # --- the inbox -----------------------------------------------------------------------
 
-    async def resume_inbox(self) -> None:
-        """Queue the events stored before a stop or crash, in their original order."""
+    async def resume_inbox(self, login_ids: set[str] | None = None) -> None:
+        """Queue the events stored before a stop or crash (or while a network was off for its
+        user), in their original order. ``login_ids`` limits it to those logins."""
         pending = await self.store.inbox.pending()
         METRICS.inbox.set(len(pending))
+        resumed = 0
         for row in pending:
-            if row.login_id not in self.clients:
+            if row.login_id not in self.clients or (login_ids is not None and row.login_id not in login_ids):
                 continue
-            event = RemoteEvent.from_json(row.payload)
             portal = await self.get_portal(row.login_id, row.portal_id)
-            portal.submit(lambda portal=portal, row=row, event=event: portal.handle_remote(row, event))
-        if pending:
-            log.info("Resumed %d stored remote events", len(pending))
-
-    def retry_later(self, portal: Portal, row: Any, event: RemoteEvent, transient: bool = False) -> None:
-        """Queue the event again after a delay (doubling, at most a minute)."""
-        async def retry() -> None:
-            if transient:
-                row.waits = getattr(row, "waits", 0) + 1
-                await asyncio.sleep(min(2 ** row.waits, 30))
-            else:
-                await asyncio.sleep(min(2 ** (row.attempts + 1), 60))
-                row.attempts += 1
-            portal.submit(lambda: portal.handle_remote(row, event))
-
-        self.spawn(retry())
+            portal.enqueue_remote(row, RemoteEvent.from_json(row.payload))
+            resumed += 1
+        if resumed:
+            log.info("Resumed %d stored remote events", resumed)
 
     # --- portals, ghosts, spaces -----------------------------------------------------------
 
@@ -282,13 +270,11 @@ class Bridge:
         row = await self.store.ghosts.get(network, sender.remote_id)
         if row is None or row.name != displayname or mxid not in self._ghosts_done:
             await self.matrix.ensure_ghost(mxid, displayname)
-            from ..db import GhostRow
-
             await self.store.ghosts.upsert(GhostRow(network, sender.remote_id, mxid, displayname))
         self._ghosts_done[mxid] = displayname
         return mxid
 
-    async def portal_ghost(self, portal: Portal) -> str | None:
+    async def portal_ghost(self, portal: PortalBase) -> str | None:
         """The correspondent's ghost in a direct portal (who reads and receives)."""
         members = portal.row.metadata.get("members") or []
         if len(members) != 1:
@@ -393,15 +379,7 @@ class Bridge:
                 await self.clients[row.id].disconnect()
                 await self.set_login_state(row.id, LoginState.DISABLED)
         if enabled:
-            await self.resume_inbox_for(user_mxid)
-
-    async def resume_inbox_for(self, user_mxid: str) -> None:
-        ids = {row.id for row in self.user_logins(user_mxid)}
-        for row in await self.store.inbox.pending():
-            if row.login_id in ids:
-                event = RemoteEvent.from_json(row.payload)
-                portal = await self.get_portal(row.login_id, row.portal_id)
-                portal.submit(lambda portal=portal, row=row, event=event: portal.handle_remote(row, event))
+            await self.resume_inbox({row.id for row in self.user_logins(user_mxid)})
 
     # --- Matrix events -------------------------------------------------------------------
 
@@ -437,4 +415,4 @@ class Bridge:
             readers = (receipts or {}).get("m.read") or {}
             if login.user_mxid in readers:
                 ts = (readers[login.user_mxid] or {}).get("ts")
-                portal.submit(lambda event_id=event_id, ts=ts: portal.handle_matrix_read(event_id, ts))
+                portal.enqueue_read(event_id, ts)

@@ -91,3 +91,7 @@ class MatrixAPI(Protocol):
         """A read receipt from a ghost (the correspondent read it / it was delivered)."""
 
     async def set_typing(self, room_id: str, sender: str, typing: bool) -> None: ...
+
+    def is_transient(self, error: BaseException) -> bool:
+        """True when ``error`` means the homeserver is unreachable or overloaded (try again
+        later, keep the event), not that it refused the request."""

@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..db import MessageRow
 from .errors import CaliopenError, NotSupported, SendError
 from .events import Media, MatrixMessage, MessageRef
 from .matrix_api import IncomingEvent
 from .metrics import METRICS
+from .portal_base import PortalBase
 from .network import SupportsReactions, SupportsReadReceipts, SupportsRedactions
-
-if TYPE_CHECKING:
-    from .portal import Portal
 
 log = logging.getLogger("caliopen.portal.matrix")
 
 MEDIA_TYPES = ("m.image", "m.file", "m.audio", "m.video")
 
 
-class MatrixHandling:
-    async def handle_matrix(self: Portal, evt: IncomingEvent) -> None:
+class MatrixHandling(PortalBase):
+    async def handle_matrix(self, evt: IncomingEvent) -> None:
         bridge = self.bridge
         if not await bridge.store.matrix_events.claim(evt.event_id, evt.room_id):
             return  # handled before (a replayed transaction)
@@ -53,14 +51,14 @@ class MatrixHandling:
             self.log.exception("Sending a Matrix event to %s failed", self.network)
             await self._report_failure(evt, f"internal error ({type(e).__name__})", False)
 
-    async def _report_failure(self: Portal, evt: IncomingEvent, message: str, retryable: bool) -> None:
+    async def _report_failure(self, evt: IncomingEvent, message: str, retryable: bool) -> None:
         bridge = self.bridge
         METRICS.matrix_failures.labels(self.network).inc()
         await bridge.store.matrix_events.set_state(evt.event_id, "failed", message)
         await bridge.matrix.send_status(evt.room_id, evt.event_id, ok=False, error=message, retriable=retryable)
         await bridge.matrix.send_notice(evt.room_id, f"Your message was not sent: {message}")
 
-    async def _ref(self: Portal, mxid: str | None) -> MessageRef | None:
+    async def _ref(self, mxid: str | None) -> MessageRef | None:
         if not mxid:
             return None
         row = await self.bridge.store.messages.by_mxid(mxid)
@@ -68,7 +66,7 @@ class MatrixHandling:
             return None
         return MessageRef(row.remote_id, row.metadata)
 
-    async def _matrix_message(self: Portal, evt: IncomingEvent) -> None:
+    async def _matrix_message(self, evt: IncomingEvent) -> None:
         bridge = self.bridge
         content = evt.content
         rel = content.get("m.relates_to") or {}
@@ -111,7 +109,7 @@ class MatrixHandling:
         METRICS.matrix_messages.labels(self.network).inc()
         await bridge.matrix.send_status(evt.room_id, evt.event_id, ok=True)
 
-    async def _matrix_reaction(self: Portal, evt: IncomingEvent) -> None:
+    async def _matrix_reaction(self, evt: IncomingEvent) -> None:
         client = self.bridge.client_for(self.login_id)
         rel = evt.content.get("m.relates_to") or {}
         target = await self._ref(rel.get("event_id"))
@@ -121,7 +119,7 @@ class MatrixHandling:
             raise NotSupported(f"Reactions are not supported on {self.network}.")
         await client.handle_matrix_reaction(self.ref, target, str(rel.get("key", "")))
 
-    async def _matrix_redaction(self: Portal, evt: IncomingEvent) -> None:
+    async def _matrix_redaction(self, evt: IncomingEvent) -> None:
         client = self.bridge.client_for(self.login_id)
         target = await self._ref(evt.redacts)
         if target is None:
@@ -130,7 +128,10 @@ class MatrixHandling:
             raise NotSupported(f"Deleting messages is not supported on {self.network}.")
         await client.handle_matrix_redaction(self.ref, target)
 
-    async def handle_matrix_read(self: Portal, event_id: str, timestamp: int | None) -> None:
+    def enqueue_read(self, event_id: str, timestamp: int | None) -> None:
+        self.submit(lambda: self.handle_matrix_read(event_id, timestamp))
+
+    async def handle_matrix_read(self, event_id: str, timestamp: int | None) -> None:
         """The user read the room up to ``event_id``: tell the network, when it cares."""
         client = self.bridge.client_for(self.login_id)
         if not isinstance(client, SupportsReadReceipts):

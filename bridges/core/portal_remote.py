@@ -10,24 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from mautrix.util.async_db import Connection
 
 from ..db import InboxRow, MessageRow
 from .errors import ConversionError
 from .events import ConvertedMessage, ConvertedPart, DeliveryState, RemoteEvent, RemoteEventKind
 from .ids import remote_txn_id
 from .metrics import METRICS
-
-if TYPE_CHECKING:
-    from .portal import Portal
+from .portal_base import PortalBase
 
 log = logging.getLogger("caliopen.portal.remote")
 
 PRIVACY_KEY = "org.caliopen.privacy"
 
 
-class RemoteHandling:
-    async def handle_remote(self: Portal, row: InboxRow, event: RemoteEvent) -> None:
+class RemoteHandling(PortalBase):
+    def enqueue_remote(self, row: InboxRow, event: RemoteEvent) -> None:
+        """Queue a stored remote event on this portal."""
+        self.submit(lambda: self.handle_remote(row, event))
+
+    def retry_later(self, row: InboxRow, event: RemoteEvent, transient: bool = False) -> None:
+        """Queue the event again after a delay (doubling; at most 30 s while the homeserver is
+        unavailable, 60 s for other failures, which count towards giving up)."""
+        async def retry() -> None:
+            if transient:
+                row.waits += 1
+                await asyncio.sleep(min(2 ** row.waits, 30))
+            else:
+                await asyncio.sleep(min(2 ** (row.attempts + 1), 60))
+                row.attempts += 1
+            self.enqueue_remote(row, event)
+
+        self.bridge.spawn(retry())
+
+    async def handle_remote(self, row: InboxRow, event: RemoteEvent) -> None:
         """Bridge one stored remote event; on failure leave it in the inbox for a retry."""
         bridge = self.bridge
         try:
@@ -49,6 +67,11 @@ class RemoteHandling:
             raise
         except Exception as e:
             METRICS.remote_failures.labels(self.network).inc()
+            if bridge.matrix.is_transient(e):
+                # The homeserver is down or overloaded: keep the event, however long it takes.
+                self.log.warning("Homeserver unavailable (%s); remote event %s waits", type(e).__name__, row.id)
+                self.retry_later(row, event, transient=True)
+                return
             await bridge.store.inbox.bump_attempts(row.id)
             if row.attempts + 1 >= bridge.max_remote_attempts:
                 self.log.error("Giving up on remote event %s after %d attempts: %s", row.id, row.attempts + 1,
@@ -60,9 +83,9 @@ class RemoteHandling:
                 return
             self.log.warning("Remote event %s failed (%s); it stays queued", row.id, type(e).__name__,
                              exc_info=True)
-            bridge.retry_later(self, row, event)
+            self.retry_later(row, event)
 
-    async def _remote_message(self: Portal, row: InboxRow, event: RemoteEvent) -> None:
+    async def _remote_message(self, row: InboxRow, event: RemoteEvent) -> None:
         bridge = self.bridge
         store = bridge.store
         if await store.messages.exists(self.login_id, event.remote_id):
@@ -113,16 +136,17 @@ class RemoteHandling:
                 thread_root_id=thread_root.remote_id if thread_root else None, metadata=converted.metadata,
                 privacy=converted.privacy,
             ))
+        conn: Connection
         async with store.db.acquire() as conn, conn.transaction():
             for r in rows:
                 await store.messages.insert(r, conn)
             await store.inbox.delete(row.id, conn)
         METRICS.remote_messages.labels(self.network).inc()
 
-    async def _find(self: Portal, remote_id: str) -> MessageRow | None:
+    async def _find(self, remote_id: str) -> MessageRow | None:
         return await self.bridge.store.messages.first_part(self.login_id, remote_id)
 
-    async def _remote_delivery(self: Portal, event: RemoteEvent) -> None:
+    async def _remote_delivery(self, event: RemoteEvent) -> None:
         target = await self._find(event.target_id or "")
         if target is None:
             return
@@ -143,7 +167,7 @@ class RemoteHandling:
             await self.bridge.matrix.send_status(target.room_mxid, target.mxid, ok=False, error=error)
             await self.bridge.matrix.send_notice(target.room_mxid, f"Your message was not delivered: {error}")
 
-    async def _remote_read(self: Portal, event: RemoteEvent) -> None:
+    async def _remote_read(self, event: RemoteEvent) -> None:
         target = await self._find(event.target_id or "")
         if target is None:
             return
@@ -151,7 +175,7 @@ class RemoteHandling:
         ghost = await self.bridge.ensure_ghost(self.network, event.sender, login)
         await self.bridge.matrix.mark_read(target.room_mxid, ghost, target.mxid)
 
-    async def _remote_relation(self: Portal, row: InboxRow, event: RemoteEvent) -> None:
+    async def _remote_relation(self, row: InboxRow, event: RemoteEvent) -> None:
         """Edits, reactions and redactions of bridged messages."""
         bridge = self.bridge
         target = await self._find(event.target_id or "")

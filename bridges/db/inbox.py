@@ -22,11 +22,13 @@ class InboxRow:
     remote_id: str
     payload: str
     attempts: int
+    waits: int = 0  # in memory only: retries while the homeserver was unavailable
 
 
 class Inbox(Table):
     async def add(self, login_id: str, portal_id: str, kind: str, remote_id: str, payload: str) -> int | None:
         """Store an event; None when (login, kind, remote_id) is already waiting."""
+        conn: Connection
         async with self.db.acquire() as conn, conn.transaction():
             exists = await conn.fetchval(
                 "SELECT 1 FROM remote_inbox WHERE login_id=$1 AND kind=$2 AND remote_id=$3",
