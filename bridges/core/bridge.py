@@ -26,6 +26,7 @@ from .network import (
     LoginState,
     NetworkClient,
     NetworkConnector,
+    SupportsAvatars,
     UserLoginInfo,
     WebhookHandler,
 )
@@ -57,7 +58,7 @@ class Bridge:
         self.disabled: dict[str, set[str]] = {}  # user mxid -> networks the user switched off
         self._webhooks: dict[str, WebhookHandler] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._ghosts_done: dict[str, str | None] = {}
+        self._ghosts_done: dict[str, tuple[str, str | None]] = {}
         app.router.add_route("*", "/_caliopen/{network}/{tail:.*}", self._webhook)
         from .commands import CommandProcessor
         from .login import LoginSessions
@@ -258,20 +259,35 @@ class Bridge:
         return await self.get_portal(row.login_id, row.portal_id)
 
     async def ensure_ghost(self, network: str, sender: Sender, login: LoginRow) -> str:
-        """The ghost's user ID, registered, with its display name up to date."""
+        """The ghost's user ID, registered, with its display name and avatar up to date.
+
+        The avatar is fetched through the login's client (``SupportsAvatars``) only when the
+        network's avatar ID changed; a failure to fetch it never stops the message."""
         prefix = self.config[f"networks.{network}.ghost_prefix"]
         mxid = ghost_mxid(prefix, sender.remote_id, self.domain)
         name = sender.name or sender.remote_id
         if sender.is_from_me:
             name = f"{name} (you)"
         displayname = self.config[f"networks.{network}.displayname_template"].format(name=name)
-        if self._ghosts_done.get(mxid) == displayname:
+        state = (displayname, sender.avatar_id)
+        if self._ghosts_done.get(mxid) == state:
             return mxid
         row = await self.store.ghosts.get(network, sender.remote_id)
-        if row is None or row.name != displayname or mxid not in self._ghosts_done:
-            await self.matrix.ensure_ghost(mxid, displayname)
-            await self.store.ghosts.upsert(GhostRow(network, sender.remote_id, mxid, displayname))
-        self._ghosts_done[mxid] = displayname
+        avatar_id = row.avatar_url if row else None
+        avatar_mxc = None
+        if sender.avatar_id and sender.avatar_id != avatar_id:
+            client = self.clients.get(login.id)
+            if isinstance(client, SupportsAvatars):
+                try:
+                    media = await client.get_avatar(sender.avatar_id)
+                    avatar_mxc = (await self.matrix.upload("", media, encrypted=False))["url"]
+                    avatar_id = sender.avatar_id
+                except Exception:
+                    log.warning("Could not fetch the avatar of a %s ghost", network, exc_info=True)
+        if row is None or row.name != displayname or avatar_mxc or mxid not in self._ghosts_done:
+            await self.matrix.ensure_ghost(mxid, displayname, avatar_mxc)
+            await self.store.ghosts.upsert(GhostRow(network, sender.remote_id, mxid, displayname, avatar_id))
+        self._ghosts_done[mxid] = state
         return mxid
 
     async def portal_ghost(self, portal: PortalBase) -> str | None:

@@ -45,11 +45,14 @@ class Sender:
 
     ``remote_id`` is the network's stable ID for the person (made in the network's ``ids.py``).
     ``is_from_me`` marks what the user wrote on the network with another client.
+    ``avatar_id`` is the network's stable ID of the person's current picture (a URL, a hash);
+    the core fetches it through ``SupportsAvatars.get_avatar`` only when it changes.
     """
 
     remote_id: str
     name: str | None = None
     is_from_me: bool = False
+    avatar_id: str | None = None
 
 
 @dataclass(frozen=True)

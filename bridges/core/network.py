@@ -20,7 +20,7 @@ Optional capabilities (each a small Protocol the core checks with ``isinstance``
 that lacks one gets "not supported" answers):
 :class:`SupportsStartChat`, :class:`SupportsReadReceipts`, :class:`SupportsEdits`,
 :class:`SupportsReactions`, :class:`SupportsRedactions`, :class:`SupportsTyping`,
-:class:`SupportsBackfill`, :class:`SupportsContacts`.
+:class:`SupportsBackfill`, :class:`SupportsContacts`, :class:`SupportsAvatars`.
 
 Who persists: the core. Connectors return values (``LoginResult``, ``SentMessage``,
 ``ConvertedMessage``) and keep their own cursors with ``BridgeAPI.save_login_metadata``.
@@ -38,6 +38,7 @@ from .events import (
     ConvertedMessage,
     DeliveryState,
     MatrixMessage,
+    Media,
     MessageRef,
     PortalRef,
     RemoteEvent,
@@ -295,6 +296,13 @@ class SupportsBackfill(Protocol):
 
 
 @runtime_checkable
+class SupportsAvatars(Protocol):
+    async def get_avatar(self, avatar_id: str) -> Media:
+        """Fetch the picture a ``Sender.avatar_id`` names (I/O). Raise on failure; the core
+        keeps the ghost without a new avatar."""
+
+
+@runtime_checkable
 class SupportsContacts(Protocol):
     async def get_contacts(self) -> list[Sender]: ...
 
@@ -321,6 +329,7 @@ __all__ = [
     "Sender",
     "SentMessage",
     "StepType",
+    "SupportsAvatars",
     "SupportsBackfill",
     "SupportsContacts",
     "SupportsEdits",

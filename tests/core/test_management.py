@@ -176,11 +176,17 @@ async def test_media_both_ways_and_metrics(bridge, nio_users, fake_remote):
     user = await nio_users("media")
     mgmt, account = await login_via_chat(user, bridge, fake_remote)
     blob = bytes(range(256)) * 300
-    fake_remote.push(account, "dm:gina", "gina", "see attached", media=blob, filename="data.bin")
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
+    fake_remote.push(account, "dm:gina", "gina", "see attached", media=blob, filename="data.bin", avatar=picture)
     room = await user.wait_for_invite(direct)
     evt = await user.wait_for_message(room, lambda e: e.get("content", {}).get("msgtype") == "m.file")
     assert "file" in evt["content"] and "url" not in evt["content"]
     assert await user.download_decrypted(evt["content"]) == blob
+    # The ghost has the correspondent's display name and picture.
+    profile = await user._raw("GET", f"/_matrix/client/v3/profile/{evt['sender']}")
+    assert profile["displayname"] == "Gina"
+    assert profile["avatar_url"].startswith("mxc://")
+    assert await user.download(profile["avatar_url"]) == picture
     await user.send_file(room, b"\x00matrix bytes\xff" * 100, "out.bin", "application/octet-stream")
     sent = await fake_remote.wait_sent(lambda m: m["account"] == account and m.get("filename") == "out.bin")
     import base64

@@ -90,7 +90,7 @@ class Login:
 
 
 class Client:
-    """Capabilities: SupportsStartChat."""
+    """Capabilities: SupportsStartChat, SupportsAvatars."""
 
     def __init__(self, connector: Connector, login: UserLoginInfo) -> None:
         self.connector = connector
@@ -150,7 +150,8 @@ class Client:
         members = tuple(Sender(m, evt["sender_name"] if m == evt["sender"] else None) for m in evt["members"])
         return RemoteEvent(
             login_id=self.login.id, portal_id=evt["conversation"], kind=RemoteEventKind.MESSAGE,
-            remote_id=evt["id"], sender=Sender(evt["sender"], evt["sender_name"]), timestamp=evt["ts"],
+            remote_id=evt["id"], sender=Sender(evt["sender"], evt["sender_name"], avatar_id=evt.get("avatar_id")),
+            timestamp=evt["ts"],
             data={k: evt[k] for k in ("text", "media_b64", "filename") if k in evt},
             chat_info=ChatInfo(name=None if len(members) == 1 else evt["conversation"],
                                is_direct=len(members) == 1, members=members),
@@ -188,6 +189,13 @@ class Client:
         if resp.status != 200:
             raise SendError(body.get("error", "refused"), retryable=bool(body.get("retryable")))
         return SentMessage(remote_id=body["id"], timestamp=body["ts"])
+
+    async def get_avatar(self, avatar_id: str) -> Media:
+        assert self.connector.session is not None
+        name = avatar_id.split(":", 1)[0]
+        async with self.connector.session.get(f"{self.connector.url}/avatar/{name}") as resp:
+            resp.raise_for_status()
+            return Media(await resp.read(), "image/png", f"{name}.png")
 
     async def resolve_identifier(self, identifier: str) -> tuple[str, ChatInfo]:
         if not identifier.isalnum():

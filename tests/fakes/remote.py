@@ -38,6 +38,8 @@ class FakeRemote:
         self.app.router.add_post("/login", self._login)
         self.app.router.add_get("/events", self._events)
         self.app.router.add_post("/send", self._send)
+        self.app.router.add_get("/avatar/{name}", self._avatar)
+        self.avatars: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -62,7 +64,7 @@ class FakeRemote:
 
     def push(self, username: str, conversation: str, sender: str, text: str, *, sender_name: str | None = None,
              media: bytes | None = None, filename: str | None = None, msg_id: str | None = None,
-             members: list[str] | None = None) -> str:
+             members: list[str] | None = None, avatar: bytes | None = None) -> str:
         """An inbound message for ``username``'s account. Returns its remote ID."""
         acc = self.accounts[username]
         mid = msg_id or f"m{next(self._ids)}"
@@ -71,6 +73,9 @@ class FakeRemote:
             "sender_name": sender_name or sender.title(), "text": text, "ts": int(time.time() * 1000),
             "members": members or [sender],
         }
+        if avatar is not None:
+            self.avatars[sender] = avatar
+            evt["avatar_id"] = f"{sender}:{len(avatar)}:{avatar[:8].hex()}"
         if media is not None:
             evt["media_b64"] = base64.b64encode(media).decode()
             evt["filename"] = filename or "file.bin"
@@ -116,6 +121,12 @@ class FakeRemote:
             except asyncio.TimeoutError:
                 pass
         return web.json_response({"events": [e for e in acc.events if e["seq"] > since]})
+
+    async def _avatar(self, request: web.Request) -> web.Response:
+        data = self.avatars.get(request.match_info["name"])
+        if data is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=data, content_type="image/png")
 
     async def _send(self, request: web.Request) -> web.Response:
         acc = self._auth(request)
