@@ -666,6 +666,21 @@ class MailServers:
         m = re.search(rb"APPENDUID \d+ (\d+)", result if isinstance(result, bytes) else b"")
         return int(m.group(1)) if m else None
 
+    def append_many(self, address: str, folder: str, raws: Iterable[bytes | tuple[bytes, dt.datetime]]) -> int:
+        """APPEND many messages over one connection (each raw, or (raw, arrival time)); returns
+        how many."""
+        client = self.imap(address)
+        count = 0
+        try:
+            for item in raws:
+                raw, when = item if isinstance(item, tuple) else (item, None)
+                client.append(folder, raw, msg_time=when)
+                count += 1
+        finally:
+            with contextlib.suppress(Exception):
+                client.logout()
+        return count
+
     def fetch_all(self, address: str, folder: str = "INBOX") -> list[tuple[int, set[bytes], bytes]]:
         """Every message in ``folder`` as (uid, flags, raw), without setting \\Seen."""
         client = self.imap(address)

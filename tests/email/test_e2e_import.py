@@ -1,0 +1,123 @@
+"""Email end to end: a mailbox's history imported into the right rooms and threads, and a
+bridge SIGKILLed in the middle of an import bridging every message exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+
+from tests.conftest import unique
+from tests.email.e2e import EmailStack, thread_of
+from tests.rig.mailservers import MailServers, simple_message
+from tests.rig.nio_client import NioUser
+
+T0 = dt.datetime(2024, 5, 1, 8, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(synapse_factory, mailservers, tmp_path_factory) -> AsyncIterator[EmailStack]:  # type: ignore[no-untyped-def]
+    s = EmailStack(tmp_path_factory.mktemp("email-import"), mailservers, fetch_batch_size=50)
+    await s.start(synapse_factory)
+    yield s
+    await s.stop()
+
+
+def history(me: str, tag: str, people: int, per_person: int) -> list[tuple[bytes, dt.datetime]]:
+    """``people`` correspondents, each one thread of ``per_person`` mails (a root and replies
+    from both sides), interleaved in time. Bodies are ``{tag}-{person}-{n}``."""
+    out = []
+    for n in range(per_person):
+        for p in range(people):
+            when = T0 + dt.timedelta(minutes=n * people + p)
+            root = f"<{tag}-{p}-0@hist.example>"
+            frm = f"Person {tag} {p} <{tag}-p{p}@hist.example>"
+            raw = simple_message(
+                from_addr=frm, to=me, subject=f"Topic {p}" if n == 0 else f"Re: Topic {p}",
+                body=f"{tag}-{p}-{n}\n", message_id=f"<{tag}-{p}-{n}@hist.example>", date=when,
+                in_reply_to=root if n else None, references=[root] if n else None)
+            out.append((raw, when))
+    return out
+
+
+def bridged(user: NioUser, tag: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Every event whose body is one of the history's, by body: [(room, event)]."""
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    pattern = re.compile(rf"\b{re.escape(tag)}-\d+-\d+\b")
+    for room in list(user.client.rooms):
+        for event in user.events(room):
+            if (event.get("content") or {}).get("msgtype") not in ("m.text", "m.notice"):
+                continue
+            body = str((event.get("content") or {}).get("body", ""))
+            for key in set(pattern.findall(body)):  # a thread root's body starts with its subject
+                found[key].append((room, event))
+    return found
+
+
+async def wait_bridged(user: NioUser, tag: str, count: int, timeout: float) -> dict[str, list[tuple[str, dict]]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = bridged(user, tag)
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(found)} of {count} messages bridged")
+        await asyncio.sleep(0.5)
+
+
+def check_rooms_and_threads(found: dict[str, list[tuple[str, dict]]], tag: str, people: int, per_person: int) -> None:
+    assert all(len(v) == 1 for v in found.values()), [k for k, v in found.items() if len(v) > 1][:5]
+    rooms: dict[int, set[str]] = defaultdict(set)
+    for p in range(people):
+        root_room, root_event = found[f"{tag}-{p}-0"][0]
+        for n in range(per_person):
+            room, event = found[f"{tag}-{p}-{n}"][0]
+            rooms[p].add(room)
+            if n:
+                assert thread_of(event) == root_event["event_id"], (p, n)
+    assert all(len(r) == 1 for r in rooms.values())
+    assert len({next(iter(r)) for r in rooms.values()}) == people
+
+
+async def test_history_of_500_messages_in_50_rooms(stack: EmailStack, mailservers: MailServers) -> None:
+    me = mailservers.add_user(unique("hist"))
+    tag = unique("h")
+    people, per_person = 50, 10
+    await asyncio.to_thread(mailservers.append_many, me, "INBOX", history(me, tag, people, per_person))
+    user = await stack.user("historian")
+    await stack.login(user.user_id, me)
+    found = await wait_bridged(user, tag, people * per_person, timeout=280)
+    check_rooms_and_threads(found, tag, people, per_person)
+
+
+async def test_sigkill_during_import_bridges_each_message_once(stack: EmailStack, mailservers: MailServers) -> None:
+    me = mailservers.add_user(unique("kill"))
+    tag = unique("k")
+    people, per_person = 20, 10
+    await asyncio.to_thread(mailservers.append_many, me, "INBOX", history(me, tag, people, per_person))
+    user = await stack.user("survivor")
+    login_id = await stack.login(user.user_id, me)
+    await wait_bridged(user, tag, 30, timeout=200)
+    await stack.bridge.kill()
+    partial = len(bridged(user, tag))
+    assert partial < people * per_person, "the import finished before the kill: nothing was tested"
+    # Mail keeps arriving while the bridge is down.
+    late = simple_message(from_addr=f"Person {tag} 0 <{tag}-p0@hist.example>", to=me, subject="Re: Topic 0",
+                          body=f"{tag}-0-{per_person}\n", message_id=f"<{tag}-0-{per_person}@hist.example>",
+                          in_reply_to=f"<{tag}-0-0@hist.example>", references=[f"<{tag}-0-0@hist.example>"])
+    await asyncio.to_thread(mailservers.deliver, late, me)
+    await stack.bridge.start()
+    await wait_bridged(user, tag, people * per_person + 1, timeout=280)
+    await asyncio.sleep(3)  # anything bridged twice would show up now
+    found = bridged(user, tag)
+    check_rooms_and_threads(found, tag, people, per_person)
+    assert len(found[f"{tag}-0-{per_person}"]) == 1
+    assert thread_of(found[f"{tag}-0-{per_person}"][0][1]) == found[f"{tag}-0-0"][0][1]["event_id"]
+    state = await stack.wait_login_state(user.user_id, login_id, "CONNECTED")
+    assert state["error"] is None
