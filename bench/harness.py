@@ -52,7 +52,7 @@ async def start(networks: dict[str, dict[str, Any]], tmp: Path | None = None) ->
                              db_url=None, networks=networks)
     cfg.set("logging.level", "WARNING")
     cfg.save()
-    synapse = Synapse(tmp / "synapse", server_name=DOMAIN, port=port,
+    synapse = Synapse(tmp / "synapse", server_name=DOMAIN, port=port, log_level=os.environ.get("BENCH_SYNAPSE_LOG", "WARNING"),
                       appservice_files=[tmp / "bridge" / "appservice.yaml"])
     await synapse.start()
     bridge = BridgeProcess(cfg)
@@ -83,7 +83,10 @@ async def raw_send_rate(setup: Setup, rooms: dict[str, str], per_room: int) -> t
         async def one_room(room: str, ghost: str) -> None:
             for i in range(per_room):
                 url = f"{setup.synapse.url}/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/{uuid.uuid4().hex}"
-                async with http.put(url, json=content, params={"user_id": ghost},
+                params = {"user_id": ghost}
+                if os.environ.get("BENCH_RAW_TS"):
+                    params["ts"] = str(int(time.time() * 1000))
+                async with http.put(url, json=content, params=params,
                                     headers={"Authorization": f"Bearer {token}"}) as r:
                     assert r.status == 200, await r.text()
 
@@ -113,7 +116,8 @@ def report(name: str, runs: list[dict[str, float]]) -> None:
     print(f"  baseline: {med['raw_rate']:8.1f} events/s (appservice sending pre-built events, same rooms)")
     print(f"  ratio bridged/baseline: {med['bridged_rate'] / med['raw_rate']:.2f}")
     print(f"  CPU per message: bridge {med['bridge_cpu'] * 1000:.1f} ms, Synapse {med['synapse_cpu'] * 1000:.1f} ms"
-          f" (bridge/Synapse {med['bridge_cpu'] / med['synapse_cpu']:.2f})")
+          f" (bridge/Synapse {med['bridge_cpu'] / med['synapse_cpu']:.2f}); Synapse per baseline event "
+          f"{med['raw_synapse_cpu'] * 1000:.1f} ms")
     for i, r in enumerate(runs, 1):
         print(f"  run {i}: bridged {r['bridged_rate']:.1f}/s, baseline {r['raw_rate']:.1f}/s, "
               f"ratio {r['bridged_rate'] / r['raw_rate']:.2f}, bridge CPU {r['bridge_cpu'] * 1000:.1f} ms/msg, "

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from typing import Any
 
 from mautrix.appservice import AppService
-from mautrix.client import Client
+from mautrix.client import Client, InternalEventType
 from mautrix.crypto import OlmMachine, PgCryptoStore
 from mautrix.errors import EncryptionError, SessionNotFound
 from mautrix.types import (
@@ -108,7 +110,15 @@ class Crypto:
                 await self.machine.share_keys()
         else:
             await self.machine.share_keys()
+        self.client.add_event_handler(InternalEventType.SYNC_STOPPED, self._on_sync_stopped)
         self._sync_task = self.client.start(self._filter())
+
+    async def _on_sync_stopped(self, data: dict[str, Any]) -> None:
+        if data.get("error"):
+            # Without its to-device messages the bridge can decrypt nothing: stop loudly (a
+            # supervisor restarts it) rather than run deaf.
+            log.critical("The encryption device's sync failed for good: %s", data["error"])
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def stop(self) -> None:
         self.client.stop()
@@ -125,7 +135,10 @@ class Crypto:
         return Filter(
             account_data=EventFilter(types=[everything]),
             presence=EventFilter(not_types=[everything]),
+            # rooms=[] makes the homeserver skip rooms altogether (not only filter their events
+            # out): the bot is in every portal, and each message would otherwise cost a sync.
             room=RoomFilter(
+                rooms=[],
                 include_leave=False,
                 state=StateFilter(not_types=[everything]),
                 timeline=RoomEventFilter(not_types=[everything]),
