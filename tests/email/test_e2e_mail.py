@@ -3,7 +3,8 @@
 Mail delivered to the mailbox appears decrypted in its room (HTML sanitised, attachments
 byte-identical, replies in the thread); a reply typed in the thread goes out with threading
 headers and an attachment, and is filed in Sent; a refused recipient and a wrong password get
-plain errors.
+plain errors; an IMAP connection dropped in the middle of a FETCH reconnects and loses nothing;
+the login works by chat with the bridge bot too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest_asyncio
 
 from tests.conftest import unique
 from tests.email.e2e import EmailStack, body_has, msgtype_is, room_named, thread_of
+from tests.email.tcpproxy import TcpProxy
 from tests.rig.mailservers import MailServers, simple_message
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
@@ -133,3 +135,57 @@ async def test_wrong_password_is_refused_plainly(stack: EmailStack, mailservers:
         json=stack.login_values(me, password="wrong-password"))
     assert status == 400 and "refused the username or password" in error["error"]
     assert "wrong-password" not in stack.bridge.log_text()
+
+
+async def test_imap_drop_mid_fetch_reconnects_and_loses_nothing(stack: EmailStack, mailservers: MailServers) -> None:
+    me = mailservers.add_user(unique("e2e"))
+    proxy = TcpProxy(mailservers.host, mailservers.imap_port)
+    await proxy.start()
+    try:
+        user = await stack.user("dora")
+        login_id = await stack.login(user.user_id, me, imap_port=str(proxy.port), imap_security="plain")
+        await stack.wait_login_state(user.user_id, login_id, "CONNECTED")
+        # A large mail whose FETCH the connection drops in the middle of.
+        token = unique("big")
+        body = f"{token}\n" + "".join(f"line {i} of a long report\n" for i in range(30_000))
+        big = simple_message(from_addr="Reporter <reporter@friends.example>", to=me, subject="Report", body=body)
+        proxy.cut_after_bytes(200_000)
+        await asyncio.to_thread(mailservers.deliver, big, me)
+        await stack.wait_login_state(user.user_id, login_id, "TRANSIENT_DISCONNECT", timeout=60)
+        proxy.cut_after = None
+        state = await stack.wait_login_state(user.user_id, login_id, "CONNECTED", timeout=60)
+        assert state["error"] is None
+        room = await user.wait_for_invite(room_named("Reporter"), timeout=60)
+        await user.wait_for_message(room, body_has(token), timeout=60)
+        await asyncio.sleep(2)
+        assert sum(body_has(token)(e) for e in user.events(room)) == 1
+        assert proxy.cuts >= 1
+    finally:
+        await proxy.stop()
+
+
+async def test_login_by_chat(stack: EmailStack, mailservers: MailServers) -> None:
+    me = mailservers.add_user(unique("chat"))
+    user = await stack.user("erin")
+    mgmt = await user.create_dm(stack.bridge.bot_mxid)
+    await user.wait_for_message(mgmt, body_has("management room"), timeout=30)
+    await user.send_text(mgmt, "login email")
+    answers = stack.login_values(me, display_name="Erin E.", username="-")
+    secret_event = None
+    for field in ("email address", "display name", "IMAP server", "IMAP port", "IMAP security", "SMTP server",
+                  "SMTP port", "SMTP security", "username", "password"):
+        await user.wait_for_message(mgmt, body_has(f"Send your {field}"), timeout=30)
+        key = {"email address": "email", "display name": "display_name", "IMAP server": "imap_host",
+               "IMAP port": "imap_port", "IMAP security": "imap_security", "SMTP server": "smtp_host",
+               "SMTP port": "smtp_port", "SMTP security": "smtp_security", "username": "username",
+               "password": "password"}[field]
+        event = await user.send_text(mgmt, answers[key])
+        if key == "password":
+            secret_event = event
+    await user.wait_for_message(mgmt, body_has(f"Logged in to email as {me}"), timeout=60)
+    assert secret_event is not None
+    raw = await user.get_raw_event(mgmt, secret_event)
+    assert raw.get("unsigned", {}).get("redacted_because") or not raw.get("content"), raw
+    await user.send_text(mgmt, "logins")
+    await user.wait_for_message(mgmt, lambda e: me in str(e.get("content", {}).get("body", ""))
+                                and "CONNECTED" in str(e.get("content", {}).get("body", "")), timeout=60)
