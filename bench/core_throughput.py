@@ -13,24 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
-import time
 
-from harness import report, raw_send_rate, start, stop, timed
+from harness import wait_bridged, report, raw_send_rate, start, stop, timed
 
 from tests.fakes.remote import FakeRemote
-
-
-def _count(db: str, login_id: str) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        return conn.execute("SELECT COUNT(*) FROM message WHERE login_id=?", (login_id,)).fetchone()[0]
-
-
-async def wait_count(db: str, login_id: str, target: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while _count(db, login_id) < target:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {_count(db, login_id)} of {target} messages bridged")
-        await asyncio.sleep(0.05)
 
 
 async def main(rooms: int, per_room: int, runs: int) -> None:
@@ -47,7 +33,7 @@ async def main(rooms: int, per_room: int, runs: int) -> None:
         for r in range(rooms):
             remote.push("bench", f"dm:c{r}", f"c{r}", "warm-up")
         done = rooms
-        await wait_count(db, login_id, done)
+        await wait_bridged(db, login_id, done)
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             room_ghost = {
                 room: ghost for room, ghost in conn.execute(
@@ -63,7 +49,7 @@ async def main(rooms: int, per_room: int, runs: int) -> None:
                 for i in range(per_room):
                     for r in range(rooms):
                         remote.push("bench", f"dm:c{r}", f"c{r}", f"run {run} message {i}")
-                await wait_count(db, login_id, done + n)
+                await wait_bridged(db, login_id, done + n)
 
             rate, b_cpu, s_cpu = await timed(setup, n, bridged)
             done += n

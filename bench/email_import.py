@@ -16,11 +16,10 @@ import asyncio
 import datetime as dt
 import json
 import sqlite3
-import time
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from harness import Setup, raw_send_rate, report, start, stop, timed
+from harness import wait_bridged, Setup, raw_send_rate, report, start, stop, timed
 
 from tests.rig.mailservers import MailServers
 
@@ -35,19 +34,6 @@ def make_mail(i: int, to_addr: str, correspondents: int) -> bytes:
     msg["Date"] = format_datetime(dt.datetime.fromtimestamp(1_700_000_000 + i * 60, dt.timezone.utc))
     msg.set_content(f"Hello, this is message {i}.\n\n" + "Some text of an ordinary mail. " * 20)
     return bytes(msg)
-
-
-def _count(db: str, login_id: str) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        return conn.execute("SELECT COUNT(DISTINCT remote_id) FROM message WHERE login_id=?", (login_id,)).fetchone()[0]
-
-
-async def wait_count(db: str, login_id: str, target: int, timeout: float = 1800) -> None:
-    deadline = time.monotonic() + timeout
-    while _count(db, login_id) < target:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {_count(db, login_id)} of {target} mails bridged")
-        await asyncio.sleep(0.1)
 
 
 def rooms_and_ghosts(db: str, login_id: str) -> dict[str, str]:
@@ -83,7 +69,7 @@ async def one_run(setup: Setup, servers: MailServers, run: int, n: int, correspo
             "POST", f"/login/step/{step['login_id']}/{step['step_id']}/user_input", user, json=values)
         assert status == 200 and done["type"] == "complete", done
         login_id = done["complete"]["user_login_id"]
-        await wait_count(db, login_id, n)
+        await wait_bridged(db, login_id, n)
 
     rate, b_cpu, s_cpu = await timed(setup, n, login_and_import)
     rooms = rooms_and_ghosts(db, login_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -36,6 +37,20 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return (utime + stime + cutime + cstime) / CLOCK_TICKS
+
+
+def bridged_count(db: str, login_id: str) -> int:
+    """Remote messages of a login bridged so far (read from the bridge's SQLite database)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        return conn.execute("SELECT COUNT(DISTINCT remote_id) FROM message WHERE login_id=?", (login_id,)).fetchone()[0]
+
+
+async def wait_bridged(db: str, login_id: str, target: int, timeout: float = 1800) -> None:
+    deadline = time.monotonic() + timeout
+    while bridged_count(db, login_id) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {bridged_count(db, login_id)} of {target} messages bridged")
+        await asyncio.sleep(0.1)
 
 
 @dataclass

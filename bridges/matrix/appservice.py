@@ -26,7 +26,6 @@ from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
 from mautrix.errors import DecryptionError, MatrixConnectionError, MatrixRequestError
 from mautrix.types import (
-    EncryptedEvent,
     Event,
     EventType,
     Membership,
@@ -36,6 +35,7 @@ from mautrix.types import (
 from mautrix.util.async_db import Database
 
 from ..core.events import Media
+from ..db.matrix_events import Transactions
 from ..core.matrix_api import IncomingEvent
 from .crypto import Crypto
 
@@ -97,6 +97,7 @@ class MatrixSide:
         self.bot_mxid: str = config.bot_mxid
         # One state store for the appservice and the OlmMachine (find_shared_rooms lives here).
         self.state_store = PgASStateStore(db)
+        self.transactions = Transactions(db)
         self.az = _AppService(
             server=config["homeserver.address"],
             domain=self.domain,
@@ -156,13 +157,10 @@ class MatrixSide:
     # --- replay protection (used by _AppService) ----------------------------------------
 
     async def store_seen_txn(self, txn_id: str) -> bool:
-        return bool(await self.db.fetchval("SELECT 1 FROM as_txn WHERE txn_id=$1", txn_id))
+        return await self.transactions.seen(txn_id)
 
     async def store_mark_txn(self, txn_id: str) -> None:
-        await self.db.execute(
-            "INSERT INTO as_txn (txn_id, received_at) VALUES ($1, $2) ON CONFLICT (txn_id) DO NOTHING",
-            txn_id, int(asyncio.get_running_loop().time() * 1000),
-        )
+        await self.transactions.mark(txn_id)
 
     # --- incoming --------------------------------------------------------------------------
 
