@@ -1,5 +1,7 @@
 """The ``networks.email`` config section. No I/O besides checking that a CA file exists.
 
+Capabilities: none (configuration only).
+
 Keys (all optional but ``enabled``; the core reads ``enabled``, ``ghost_prefix``,
 ``displayname_template`` and ``module`` itself):
 

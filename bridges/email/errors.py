@@ -12,6 +12,7 @@
         └── ImapConnectionLost         (imap) the connection dropped: reconnect
 
 Every message is written for the person who reads it in their room or in ``logins``.
+Capabilities: none (errors only).
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import LoginError

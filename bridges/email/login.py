@@ -8,6 +8,8 @@ folder, SMTP login) before the step completes; a failure raises
 The :class:`Account` is what a saved login holds: everything but the password goes in the
 login's metadata, the password in its secrets (encrypted by the core). OAuth2 (XOAUTH2) would be
 another flow producing the same account with a token secret instead of a password.
+
+Capabilities: none (the login flow is part of the required interface).
 """
 
 from __future__ import annotations

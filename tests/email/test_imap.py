@@ -114,7 +114,7 @@ async def test_fetch_in_batches_peeks_and_respects_size_limit(
     assert status.exists == 8 and status.uidnext == max(uids) + 1
     fetched = await imap.fetch(await imap.all_uids(), max_body_size=100_000, batch_size=3)
     assert [m.uid for m in fetched] == uids
-    for m, raw in zip(fetched[:7], raws):
+    for m, raw in zip(fetched[:7], raws, strict=True):
         assert m.raw == raw.replace(b"\n", b"\r\n") or m.raw == raw
         assert b"Subject: " in m.header and m.size == len(m.raw or b"")
         assert m.internaldate is not None and m.modseq is not None

@@ -10,7 +10,6 @@ import pytest
 
 from bridges.core.errors import SendError
 from bridges.core.events import Media, MatrixMessage, MessageRef, PortalRef
-from bridges.email.client import EmailClient
 from tests.email.conn_util import logged_in_client, make_connector
 from tests.email.util import eventually
 from tests.rig.mailservers import MailServers, simple_message
