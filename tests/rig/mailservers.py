@@ -225,6 +225,9 @@ mail_uid = mail
 mail_gid = mail
 mail_location = maildir:{m.root}/mail/%d/%n
 mail_fsync = never
+# IDLE learns of changes through inotify; every Dovecot of the machine runs as the same user,
+# whose inotify instances are few (128): check at least every second when they run out.
+mailbox_idle_check_interval = 1 secs
 ssl = yes
 ssl_cert = <{m.cert_file}
 ssl_key = <{m.key_file}
