@@ -76,6 +76,8 @@ async def send_message(client: EmailClient, msg: MatrixMessage) -> SentMessage:
     """Send ``msg`` as a mail; file a copy in Sent. Raises SendError saying why it failed."""
     account = client.account
     recipients = recipients_for(msg.portal, client.own_addresses)
+    if not recipients and msg.portal.portal_id == SELF_PORTAL_ID:
+        recipients = [account.email]  # notes to self
     if not recipients:
         raise SendError("This room has no email address to write to.")
     subject, in_reply_to, references = threading_for(msg)

@@ -293,6 +293,7 @@ class ImapConnection:
             except BaseException:
                 _quietly(client.shutdown)
                 raise
+            _keepalive(client.socket())
             self._client = client
             return caps
 
@@ -543,6 +544,17 @@ class ImapConnection:
                 return False  # noqa: B012 (a closed connection has nothing more to say)
             _, responses = client.idle_done()
         return changed or _changed(responses)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive, so that an IDLE on a connection a NAT or a peer dropped silently ends in
+    minutes rather than at the next IDLE renewal."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 20), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        _quietly(lambda level=level, option=option, value=value: sock.setsockopt(level, option, value))
 
 
 def _changed(responses: Any) -> bool:

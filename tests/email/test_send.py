@@ -108,7 +108,7 @@ async def test_refused_recipient_is_a_clear_error(mailservers: MailServers, mail
     assert not err.value.retryable and "reject-fay@send.example" in err.value.user_message
     assert await asyncio.to_thread(mailservers.fetch_all, me, "Sent") == []
     with pytest.raises(SendError, match="no email address"):
-        await client.handle_matrix_message(message(PortalRef("self", "L1", None, {}), "Note"))
+        await client.handle_matrix_message(message(PortalRef("group:0f0f", "L1", None, {}), "Note"))
     await client.disconnect()
 
 
@@ -119,6 +119,14 @@ async def test_mailing_list_reply_goes_to_the_list(mailservers: MailServers, mai
     await client.handle_matrix_message(message(p, "+1 for the release"))
     (got,) = await mailservers.sink.wait_for("dev@lists.send.example")
     assert got.message["To"] == "dev@lists.send.example"
+
+
+async def test_notes_to_self_go_to_the_own_mailbox(mailservers: MailServers, mail_user: tuple[str, str]) -> None:
+    me, _ = mail_user
+    client, _ = await connected_client(mailservers, me, save_sent=False)
+    sent = await client.handle_matrix_message(message(PortalRef("self", "L1", "Notes to self", {}), "Buy milk"))
+    (_, _, raw) = (await mailservers.wait_for_mail(me))[0]
+    assert sent.remote_id.encode() in raw and b"Buy milk" in raw
 
 
 async def test_reading_in_matrix_sets_seen(mailservers: MailServers, mail_user: tuple[str, str]) -> None:
