@@ -75,8 +75,18 @@ async def one_run(setup: Setup, servers: MailServers, run: int, n: int, correspo
     rooms = rooms_and_ghosts(db, login_id)
     assert len(rooms) == correspondents, f"{len(rooms)} rooms for {correspondents} correspondents"
     raw, _, raw_s_cpu = await raw_send_rate(setup, rooms, n // correspondents)
+
+    # Steady state: as much new mail again, arriving over IDLE into the rooms that now exist.
+    async def new_mail() -> None:
+        await asyncio.to_thread(servers.append_many, address, "INBOX",
+                                (make_mail(n + i, address, correspondents) for i in range(n)))
+        await wait_bridged(db, login_id, 2 * n)
+
+    s_rate, s_b_cpu, s_s_cpu = await timed(setup, n, new_mail)
+    s_raw, _, s_raw_cpu = await raw_send_rate(setup, rooms, n // correspondents)
     return {"bridged_rate": rate, "raw_rate": raw, "bridge_cpu": b_cpu, "synapse_cpu": s_cpu,
-            "raw_synapse_cpu": raw_s_cpu}
+            "raw_synapse_cpu": raw_s_cpu, "steady_rate": s_rate, "steady_raw_rate": s_raw,
+            "steady_bridge_cpu": s_b_cpu, "steady_synapse_cpu": s_s_cpu}
 
 
 async def main(n: int, correspondents: int, runs: int) -> None:
@@ -91,7 +101,12 @@ async def main(n: int, correspondents: int, runs: int) -> None:
                                        "initial_sync_messages": n + 10, "verify_dkim": False}}, tmp / "stack")
         try:
             results = [await one_run(setup, servers, run, n, correspondents) for run in range(runs)]
-            report(f"email_import ({n} mails, {correspondents} correspondents, Dovecot → encrypted rooms)", results)
+            report(f"email_import, first sync ({n} mails, {correspondents} correspondents: rooms are created "
+                   f"during the import, the baseline sends into existing rooms)", results)
+            report(f"email_import, steady state ({n} more mails over IDLE into the existing rooms)", [
+                {"bridged_rate": r["steady_rate"], "raw_rate": r["steady_raw_rate"],
+                 "bridge_cpu": r["steady_bridge_cpu"], "synapse_cpu": r["steady_synapse_cpu"],
+                 "raw_synapse_cpu": r["raw_synapse_cpu"]} for r in results])
         finally:
             await stop(setup)
     finally:

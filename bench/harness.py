@@ -80,18 +80,31 @@ async def stop(setup: Setup) -> None:
     await setup.synapse.stop()
 
 
+async def bridged_event_content(setup: Setup, room: str) -> dict[str, Any]:
+    """The content of the newest encrypted event the bridge sent into ``room``: the baseline
+    re-sends exactly that, so both sides move events of the same size."""
+    cfg = setup.bridge.config
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{setup.synapse.url}/_matrix/client/v3/rooms/{room}/messages",
+                            params={"dir": "b", "limit": "20", "user_id": cfg.bot_mxid},
+                            headers={"Authorization": f"Bearer {cfg['appservice.as_token']}"}) as r:
+            chunk = (await r.json())["chunk"]
+    for evt in chunk:
+        if evt["type"] == "m.room.encrypted" and evt["sender"] != cfg.bot_mxid:
+            return dict(evt["content"])
+    raise AssertionError(f"no bridged encrypted event in {room}")
+
+
 async def raw_send_rate(setup: Setup, rooms: dict[str, str], per_room: int) -> tuple[float, float, float]:
     """Send ``per_room`` pre-built ``m.room.encrypted`` events into each room as its ghost.
 
-    ``rooms`` maps room ID → ghost user ID. Returns (events per second, bridge CPU s/event,
-    Synapse CPU s/event); the bridge is idle here, so its share is ~0.
+    ``rooms`` maps room ID → ghost user ID. The event is one the bridge sent into that room,
+    re-sent as it is. Returns (events per second, bridge CPU s/event, Synapse CPU s/event);
+    the bridge is idle here, so its share is ~0.
     """
     cfg = setup.bridge.config
     token = cfg["appservice.as_token"]
-    content = {
-        "algorithm": "m.megolm.v1.aes-sha2", "sender_key": "x" * 43, "device_id": "BENCH",
-        "session_id": "s" * 43, "ciphertext": "A" * 400,
-    }
+    contents = {room: await bridged_event_content(setup, room) for room in rooms}
     syn_pid = setup.synapse.pid
     cpu0 = cpu_seconds(syn_pid)
     async with aiohttp.ClientSession() as http:
@@ -101,7 +114,7 @@ async def raw_send_rate(setup: Setup, rooms: dict[str, str], per_room: int) -> t
                 params = {"user_id": ghost}
                 if os.environ.get("BENCH_RAW_TS"):
                     params["ts"] = str(int(time.time() * 1000))
-                async with http.put(url, json=content, params=params,
+                async with http.put(url, json=contents[room], params=params,
                                     headers={"Authorization": f"Bearer {token}"}) as r:
                     assert r.status == 200, await r.text()
 
