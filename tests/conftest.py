@@ -2,6 +2,8 @@
 
 Two bridges share the Synapse: ``bridge`` on SQLite and ``pg_bridge`` on a real PostgreSQL,
 each with its own registration, bot and ghost prefixes. Tests make unique users and rooms.
+With the SMS connector, ``sms_rig`` (tests/sms/e2e_rig.py) runs the SMS gateways both bridges
+are configured for.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
@@ -17,9 +20,13 @@ from bridges.sandbox.synapse import free_port
 from tests.fakes.remote import FakeRemote
 from tests.rig.bridge import BridgeProcess, make_bridge_config
 
+if TYPE_CHECKING:
+    from tests.sms.e2e_rig import SmsRig
+
 pytest_plugins = ["tests.rig.fixtures", "tests.rig.pg_fixtures"]
 
 DOMAIN = "caliopen.localhost"
+BRIDGE_TAGS = ("sq", "pg")
 _names = itertools.count(1)
 
 
@@ -49,21 +56,38 @@ def _available(module: str) -> bool:
         return False
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def sms_rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SmsRig | None]:
+    """The SMS gateways of the session's bridges (Twilio and SMSGate emulators, a gammu-smsd per
+    bridge), started before the bridge configs are written; None without the SMS connector.
+    At the end, no emulator may have seen a request or answer that breaks its spec."""
+    if not _available("bridges.sms.connector"):
+        yield None
+        return
+    from tests.sms.e2e_rig import SmsRig
+
+    rig = SmsRig(tmp_path_factory.mktemp("sms"), tags=BRIDGE_TAGS, domain=DOMAIN)
+    await rig.start()
+    yield rig
+    await rig.stop()
+    assert rig.violations() == [], "the bridges or the emulators broke the SMSGate or Twilio spec"
+
+
 @pytest.fixture(scope="session")
-def bridge_configs(tmp_path_factory: pytest.TempPathFactory, synapse_port: int, fake_remote: FakeRemote) -> dict:
+def bridge_configs(tmp_path_factory: pytest.TempPathFactory, synapse_port: int, fake_remote: FakeRemote,
+                   sms_rig: SmsRig | None) -> dict:
     """Configs of the session's bridges: the fake network always, and every real network whose
     connector exists (its section from example-config.yaml, plus what its tests need, e.g.
-    plain IMAP/SMTP to loopback servers)."""
+    plain IMAP/SMTP to loopback servers, or the SMS gateways of ``sms_rig``)."""
     root = tmp_path_factory.mktemp("bridges")
     fake = {"fake": {"enabled": True, "module": "tests.fakes.network", "remote_url": fake_remote.url}}
     if _available("bridges.email.connector"):
         fake["email"] = {"enabled": True, "allow_plaintext_loopback": True}
-    if _available("bridges.sms.connector"):
-        fake["sms"] = {"enabled": True}
     return {
         tag: make_bridge_config(root / tag, tag=tag, domain=DOMAIN,
-                                homeserver_url=f"http://127.0.0.1:{synapse_port}", db_url=None, networks=fake)
-        for tag in ("sq", "pg")
+                                homeserver_url=f"http://127.0.0.1:{synapse_port}", db_url=None,
+                                networks={**fake, **({"sms": sms_rig.network_section(tag)} if sms_rig else {})})
+        for tag in BRIDGE_TAGS
     }
 
 
