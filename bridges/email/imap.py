@@ -351,7 +351,9 @@ class ImapConnection:
         """Open ``folder`` (EXAMINE when ``readonly``) and return its state."""
 
         def run() -> MailboxStatus:
-            info = self._require().select_folder(folder, readonly=readonly)
+            client = self._require()
+            info = client.select_folder(folder, readonly=readonly)
+            _drain_changes(client)  # what SELECT itself reported is in ``info``
             modseq = info.get(b"HIGHESTMODSEQ")
             return MailboxStatus(
                 folder=folder,
@@ -517,13 +519,16 @@ class ImapConnection:
         """NOOP; True when the server reported a change to the selected folder."""
 
         def run() -> bool:
-            _, responses = self._require().noop()
-            return _changed(responses)
+            client = self._require()
+            _, responses = client.noop()
+            return _drain_changes(client) | _changed(responses)
 
         return await self._run(run)
 
     def _idle(self, timeout: float) -> bool:
         client = self._require()
+        if _drain_changes(client):
+            return True  # announced in answer to an earlier command (SEARCH, FETCH): not again
         deadline = time.monotonic() + timeout
         client.idle()
         changed = False
@@ -555,6 +560,21 @@ def _keepalive(sock: socket.socket) -> None:
             options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
     for level, option, value in options:
         _quietly(lambda level=level, option=option, value=value: sock.setsockopt(level, option, value))
+
+
+def _drain_changes(client: IMAPClient) -> bool:
+    """Whether the server announced changes to the selected folder in answer to some earlier
+    command (imaplib keeps such untagged responses aside); forgets them.
+
+    A server announces new mail once per session: an EXISTS that came with a SEARCH or a FETCH
+    is not repeated by the next NOOP or IDLE, so it must be caught here.
+    """
+    pending = client._imap.untagged_responses  # imaplib's store of unsolicited responses
+    found = False
+    for code in ("EXISTS", "RECENT", "EXPUNGE", "FETCH", "VANISHED"):
+        if pending.pop(code, None):
+            found = True
+    return found
 
 
 def _changed(responses: Any) -> bool:

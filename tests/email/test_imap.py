@@ -279,3 +279,26 @@ async def test_protocol_traffic_never_reaches_the_log(mailservers: MailServers, 
     text = caplog.text
     assert "private letter" not in text and "another secret" not in text
     assert password not in text and "pässwörd" not in text
+
+
+@pytest.mark.parametrize("idle", [True, False])
+async def test_mail_announced_during_another_command_is_not_missed(
+    mailservers: MailServers, mailservers_factory, idle: bool  # type: ignore[no-untyped-def]
+) -> None:
+    servers = mailservers if idle else mailservers_factory(advertise_idle=False)
+    address = servers.add_user(f"announce{int(idle)}{time.time_ns() % 10**6}")
+    conn = ImapConnection(imap_settings(servers, address))
+    await conn.connect()
+    try:
+        assert conn.has("IDLE") is idle
+        await conn.select("INBOX")
+        await asyncio.to_thread(servers.deliver, simple_message(from_addr="a@example.org", to=address), address)
+        # The server announces the new mail (EXISTS) in answer to this command, and only once.
+        await conn.search_uids(1)
+        t0 = time.monotonic()
+        assert await conn.wait_for_changes(20, poll_interval=5) is True
+        assert time.monotonic() - t0 < 3
+        await conn.select("INBOX")
+        assert len(await conn.search_uids(1)) == 1
+    finally:
+        await conn.close()
