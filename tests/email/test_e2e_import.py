@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from tests.conftest import unique
@@ -85,6 +86,7 @@ def check_rooms_and_threads(found: dict[str, list[tuple[str, dict]]], tag: str, 
     assert len({next(iter(r)) for r in rooms.values()}) == people
 
 
+@pytest.mark.timeout(900)
 async def test_history_of_500_messages_in_50_rooms(stack: EmailStack, mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("hist"))
     tag = unique("h")
@@ -92,10 +94,11 @@ async def test_history_of_500_messages_in_50_rooms(stack: EmailStack, mailserver
     await asyncio.to_thread(mailservers.append_many, me, "INBOX", history(me, tag, people, per_person))
     user = await stack.user("historian")
     await stack.login(user.user_id, me)
-    found = await wait_bridged(user, tag, people * per_person, timeout=280)
+    found = await wait_bridged(user, tag, people * per_person, timeout=780)
     check_rooms_and_threads(found, tag, people, per_person)
 
 
+@pytest.mark.timeout(900)
 async def test_sigkill_during_import_bridges_each_message_once(stack: EmailStack, mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("kill"))
     tag = unique("k")
@@ -113,7 +116,7 @@ async def test_sigkill_during_import_bridges_each_message_once(stack: EmailStack
                           in_reply_to=f"<{tag}-0-0@hist.example>", references=[f"<{tag}-0-0@hist.example>"])
     await asyncio.to_thread(mailservers.deliver, late, me)
     await stack.bridge.start()
-    await wait_bridged(user, tag, people * per_person + 1, timeout=280)
+    await wait_bridged(user, tag, people * per_person + 1, timeout=600)
     await asyncio.sleep(3)  # anything bridged twice would show up now
     found = bridged(user, tag)
     check_rooms_and_threads(found, tag, people, per_person)

@@ -57,6 +57,7 @@ def first_parts(user: Any) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.skipif(not CORPUS_FILES, reason="CPython's test_email corpus is not installed")
 async def test_odd_mail_bridges_and_the_sync_goes_on(stack: EmailStack, mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("odd"))
@@ -72,7 +73,7 @@ async def test_odd_mail_bridges_and_the_sync_goes_on(stack: EmailStack, mailserv
     sentinel = unique("sentinel")
     await asyncio.to_thread(mailservers.deliver, simple_message(
         from_addr="Last Sender <last@odd.example>", to=me, subject="After the odd ones", body=f"{sentinel}\n"), me)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 500
     while True:
         rooms = [r for r in user.client.rooms if any(body_has(sentinel)(e) for e in user.events(r))]
         parts = first_parts(user)
