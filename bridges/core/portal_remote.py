@@ -101,10 +101,12 @@ class RemoteHandling(PortalBase):
         except ConversionError as e:
             converted = ConvertedMessage(parts=[ConvertedPart("error", {
                 "msgtype": "m.notice", "body": f"A message could not be converted: {e.user_message}"})])
-        thread_root = await self._find(converted.thread_root_id) if converted.thread_root_id else None
-        reply_to = await self._find(converted.reply_to_id) if converted.reply_to_id else None
+        # Threads and replies stay inside this room: a root bridged into another portal (the
+        # correspondents changed) makes this message start a thread of its own here.
+        thread_root = await self._find(converted.thread_root_id, same_portal=True) if converted.thread_root_id else None
+        reply_to = await self._find(converted.reply_to_id, same_portal=True) if converted.reply_to_id else None
         rows = []
-        for part in converted.parts:
+        for index, part in enumerate(converted.parts):
             content = dict(part.content)
             if part.media is not None:
                 content.update(await bridge.matrix.upload(room_id, part.media, encrypted=self.row.encrypted))
@@ -134,7 +136,7 @@ class RemoteHandling(PortalBase):
                 login_id=self.login_id, remote_id=event.remote_id, part_id=part.part_id, portal_id=self.portal_id,
                 mxid=mxid, room_mxid=room_id, sender_id=event.sender.remote_id, timestamp=event.timestamp,
                 thread_root_id=thread_root.remote_id if thread_root else None, metadata=converted.metadata,
-                privacy=converted.privacy,
+                privacy=converted.privacy, part_index=index,
             ))
         conn: Connection
         async with store.db.acquire() as conn, conn.transaction():
@@ -143,8 +145,12 @@ class RemoteHandling(PortalBase):
             await store.inbox.delete(row.id, conn)
         METRICS.remote_messages.labels(self.network).inc()
 
-    async def _find(self, remote_id: str) -> MessageRow | None:
-        return await self.bridge.store.messages.first_part(self.login_id, remote_id)
+    async def _find(self, remote_id: str, same_portal: bool = False) -> MessageRow | None:
+        """The first part of a bridged message of this login (of this portal, if asked)."""
+        row = await self.bridge.store.messages.first_part(self.login_id, remote_id)
+        if row is not None and same_portal and row.portal_id != self.portal_id:
+            return None
+        return row
 
     async def _remote_delivery(self, event: RemoteEvent) -> None:
         target = await self._find(event.target_id or "")

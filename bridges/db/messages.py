@@ -24,11 +24,12 @@ class MessageRow:
     metadata: dict[str, Any] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None
     delivery: str | None = None
+    part_index: int = 0  # the order parts were sent in; 0 is what threads and replies point at
 
 
 _COLS = (
     "login_id, remote_id, part_id, portal_id, mxid, room_mxid, sender_id, timestamp, "
-    "thread_root_id, metadata, privacy, delivery"
+    "thread_root_id, metadata, privacy, delivery, part_index"
 )
 
 
@@ -36,29 +37,29 @@ def _row(r: Any) -> MessageRow:
     return MessageRow(
         r["login_id"], r["remote_id"], r["part_id"], r["portal_id"], r["mxid"], r["room_mxid"],
         r["sender_id"], r["timestamp"], r["thread_root_id"], loads(r["metadata"]),
-        loads(r["privacy"]) if r["privacy"] else None, r["delivery"],
+        loads(r["privacy"]) if r["privacy"] else None, r["delivery"], r["part_index"],
     )
 
 
 class Messages(Table):
     async def insert(self, m: MessageRow, conn: Connection | None = None) -> None:
         await (conn or self.db).execute(
-            f"INSERT INTO message ({_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) "
+            f"INSERT INTO message ({_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) "
             "ON CONFLICT (login_id, remote_id, part_id) DO NOTHING",
             m.login_id, m.remote_id, m.part_id, m.portal_id, m.mxid, m.room_mxid, m.sender_id,
             m.timestamp, m.thread_root_id, dumps(m.metadata),
-            dumps(m.privacy) if m.privacy is not None else None, m.delivery,
+            dumps(m.privacy) if m.privacy is not None else None, m.delivery, m.part_index,
         )
 
     async def parts(self, login_id: str, remote_id: str) -> list[MessageRow]:
         rows = await self.db.fetch(
-            f"SELECT {_COLS} FROM message WHERE login_id=$1 AND remote_id=$2 ORDER BY part_id", login_id, remote_id
+            f"SELECT {_COLS} FROM message WHERE login_id=$1 AND remote_id=$2 ORDER BY part_index", login_id, remote_id
         )
         return [_row(r) for r in rows]
 
     async def first_part(self, login_id: str, remote_id: str) -> MessageRow | None:
         r = await self.db.fetchrow(
-            f"SELECT {_COLS} FROM message WHERE login_id=$1 AND remote_id=$2 ORDER BY timestamp, part_id LIMIT 1",
+            f"SELECT {_COLS} FROM message WHERE login_id=$1 AND remote_id=$2 ORDER BY part_index LIMIT 1",
             login_id, remote_id,
         )
         return _row(r) if r else None

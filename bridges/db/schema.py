@@ -135,6 +135,7 @@ message = sa.Table(
     sa.Column("metadata", sa.Text, **_json),
     sa.Column("privacy", sa.Text, nullable=True),
     sa.Column("delivery", sa.Text, nullable=True),
+    sa.Column("part_index", sa.Integer, nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["login_id", "portal_id"],
         ["portal.login_id", "portal.portal_id"],

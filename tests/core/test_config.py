@@ -81,3 +81,13 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     res = run_cli("run", "-c", str(tmp_path / "c.yaml"), cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     assert "database.url" in res.stderr and "cannot open the database" in res.stderr
+
+
+def test_example_config_sections_are_accepted_by_their_networks() -> None:
+    """Every key the example config gives a network is one that network knows."""
+    from bridges.email.config import EmailConfig
+    from bridges.sms.config import SmsConfig
+
+    cfg = generate_config()
+    assert EmailConfig.from_section(dict(cfg["networks.email"])).initial_sync_messages == 100
+    assert SmsConfig.from_section(dict(cfg["networks.sms"])) is not None
