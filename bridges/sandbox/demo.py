@@ -87,6 +87,10 @@ async def demo(workdir: Path, port: int = 8008) -> int:
         user = f"demo{secrets.token_hex(2)}"
         mxid = await synapse.register_user(user, password, displayname="Demo user")
         sandboxes, extra = await _start_sandboxes(cfg, workdir)
+        for box in sandboxes:
+            if hasattr(box, "ca_file"):
+                cfg.set("networks.email.tls_ca_file", str(box.ca_file))
+        cfg.save()
         ready = asyncio.Event()
         bridge = asyncio.create_task(run(cfg, ready=ready, stop=stop))
         done, _ = await asyncio.wait({bridge, asyncio.create_task(ready.wait())},
