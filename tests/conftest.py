@@ -3,7 +3,9 @@
 Two bridges share the Synapse: ``bridge`` on SQLite and ``pg_bridge`` on a real PostgreSQL,
 each with its own registration, bot and ghost prefixes. Tests make unique users and rooms.
 With the SMS connector, ``sms_rig`` (tests/sms/e2e_rig.py) runs the SMS gateways both bridges
-are configured for.
+are configured for. With the email connector, ``mailservers`` (tests/rig/mail_fixtures.py: one
+Dovecot, Postfix and sink for the session) start first, and both bridges trust their
+certificate; tests make their own mailboxes with ``mailservers.add_user(...)``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from tests.fakes.remote import FakeRemote
 from tests.rig.bridge import BridgeProcess, make_bridge_config
 
 if TYPE_CHECKING:
+    from tests.rig.mailservers import MailServers
     from tests.sms.e2e_rig import SmsRig
 
-pytest_plugins = ["tests.rig.fixtures", "tests.rig.pg_fixtures"]
+pytest_plugins = ["tests.rig.fixtures", "tests.rig.pg_fixtures", "tests.rig.mail_fixtures"]
 
 DOMAIN = "caliopen.localhost"
 BRIDGE_TAGS = ("sq", "pg")
@@ -74,15 +77,33 @@ async def sms_rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sms
 
 
 @pytest.fixture(scope="session")
+def email_servers(request: pytest.FixtureRequest) -> MailServers | None:
+    """The session's ``mailservers``, started before the bridge configs are written (the bridges
+    trust their certificate); None without the email connector."""
+    if not _available("bridges.email.connector"):
+        return None
+    servers: MailServers = request.getfixturevalue("mailservers")
+    return servers
+
+
+def email_section(servers: MailServers) -> dict:
+    """The ``networks.email`` section for the session's mail servers (no I/O): their CA, plain
+    IMAP/SMTP to loopback, a whole test mailbox at the first sync, no DKIM lookups (no DNS
+    here), and quick reconnects."""
+    return {"enabled": True, "tls_ca_file": str(servers.ca_file), "initial_sync_messages": 1000,
+            "verify_dkim": False, "reconnect_max_delay": 3.0, "allow_plaintext_loopback": True}
+
+
+@pytest.fixture(scope="session")
 def bridge_configs(tmp_path_factory: pytest.TempPathFactory, synapse_port: int, fake_remote: FakeRemote,
-                   sms_rig: SmsRig | None) -> dict:
+                   sms_rig: SmsRig | None, email_servers: MailServers | None) -> dict:
     """Configs of the session's bridges: the fake network always, and every real network whose
-    connector exists (its section from example-config.yaml, plus what its tests need, e.g.
-    plain IMAP/SMTP to loopback servers, or the SMS gateways of ``sms_rig``)."""
+    connector exists (its section from example-config.yaml, plus what its tests need, e.g. the
+    mail servers of ``email_servers``, or the SMS gateways of ``sms_rig``)."""
     root = tmp_path_factory.mktemp("bridges")
     fake = {"fake": {"enabled": True, "module": "tests.fakes.network", "remote_url": fake_remote.url}}
-    if _available("bridges.email.connector"):
-        fake["email"] = {"enabled": True, "allow_plaintext_loopback": True}
+    if email_servers is not None:
+        fake["email"] = email_section(email_servers)
     return {
         tag: make_bridge_config(root / tag, tag=tag, domain=DOMAIN,
                                 homeserver_url=f"http://127.0.0.1:{synapse_port}", db_url=None,

@@ -1,73 +1,32 @@
-"""An email end-to-end stack: its own Synapse and Caliopen process, on the rig's mail servers.
+"""Helpers of the email end-to-end tests, which run on the session's Synapse, mail servers and
+bridges (tests/conftest.py).
 
-The session's shared bridges cannot trust the rig's self-signed certificate nor be SIGKILLed
-without disturbing other tests, so email end-to-end tests run their own: a Synapse with one
-registration, and a bridge with only the email network, configured for the rig
-(``tls_ca_file``, a large ``initial_sync_messages``, short reconnect delays).
+The session's bridges trust the mail servers' certificate and import a whole test mailbox at
+a login's first sync. Each test makes its own mailboxes (``mailservers.add_user``) and Matrix
+users (``nio_users``). :class:`EmailLogins` logs users in over the provisioning API and logs
+every one of them out at the end of the test, so that the shared bridges do not go on watching
+mailboxes no test looks at any more.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from bridges.sandbox.synapse import Synapse, free_port
-from tests.rig.bridge import BridgeProcess, make_bridge_config
-from tests.rig.fixtures import make_nio_user
+from tests.rig.bridge import BridgeProcess
 from tests.rig.mailservers import MailServers
-from tests.rig.nio_client import NioUser
-
-DOMAIN = "caliopen.localhost"
-_tags = itertools.count(1)
 
 
-class EmailStack:
-    """Synapse + bridge (email only) + the mail servers, for one test module."""
+class EmailLogins:
+    """Logins of Matrix users to mailboxes of ``servers``, on any of the session's bridges."""
 
-    def __init__(self, root: Path, servers: MailServers, **email: Any) -> None:
-        self.root = root
+    def __init__(self, servers: MailServers) -> None:
         self.servers = servers
-        self.tag = f"em{next(_tags)}"
-        self.port = free_port()
-        section = {
-            "enabled": True,
-            "tls_ca_file": str(servers.ca_file),
-            "initial_sync_messages": 1000,
-            "verify_dkim": False,
-            "reconnect_max_delay": 3.0,
-            "allow_plaintext_loopback": True,
-            **email,
-        }
-        self.config = make_bridge_config(root / "bridge", tag=self.tag, domain=DOMAIN,
-                                         homeserver_url=f"http://127.0.0.1:{self.port}", db_url=None,
-                                         networks={"email": section})
-        self.bridge = BridgeProcess(self.config)
-        self.synapse: Synapse | None = None
-        self.users: list[NioUser] = []
+        self._users: list[tuple[BridgeProcess, str]] = []
 
-    async def start(self, synapse_factory: Callable[..., Any]) -> None:
-        self.synapse = await synapse_factory(
-            appservice_files=[self.root / "bridge" / "appservice.yaml"], server_name=DOMAIN, port=self.port)
-        await self.bridge.start()
-
-    async def stop(self) -> None:
-        for user in self.users:
-            await user.close()
-        code = await self.bridge.stop()
-        if self.synapse is not None:
-            await self.synapse.stop()
-        assert code == 0, f"the bridge did not stop cleanly ({code}):\n{self.bridge.log_tail()}"
-
-    async def user(self, name: str) -> NioUser:
-        assert self.synapse is not None
-        user = await make_nio_user(self.synapse, name, self.root / "nio")
-        self.users.append(user)
-        return user
-
-    def login_values(self, address: str, password: str | None = None, **over: str) -> dict[str, str]:
+    def values(self, address: str, password: str | None = None, **over: str) -> dict[str, str]:
+        """The login form for ``address`` (implicit-TLS IMAP, STARTTLS submission); no I/O."""
         s = self.servers
         return {
             "email": address, "display_name": "", "imap_host": s.host, "imap_port": str(s.imaps_port),
@@ -76,31 +35,68 @@ class EmailStack:
             "password": password if password is not None else s.password(address), **over,
         }
 
-    async def login(self, user_mxid: str, address: str, **over: str) -> str:
-        """Log ``user_mxid`` in to ``address`` over provisioning; returns the login ID."""
-        status, step = await self.bridge.provision("POST", "/login/start/email.password", user_mxid)
+    def track(self, bridge: BridgeProcess, user_mxid: str) -> None:
+        """Log out every login ``user_mxid`` has on ``bridge`` at the end of the test (for
+        logins made some other way, e.g. by chat)."""
+        if (bridge, user_mxid) not in self._users:
+            self._users.append((bridge, user_mxid))
+
+    async def login(self, bridge: BridgeProcess, user_mxid: str, address: str, **over: str) -> str:
+        """Log ``user_mxid`` in to ``address`` over provisioning; returns the login ID.
+        ``over`` replaces fields of the form. Raises AssertionError when the bridge refuses."""
+        self.track(bridge, user_mxid)
+        status, step = await bridge.provision("POST", "/login/start/email.password", user_mxid)
         assert status == 200, step
-        status, done = await self.bridge.provision(
+        status, done = await bridge.provision(
             "POST", f"/login/step/{step['login_id']}/{step['step_id']}/user_input", user_mxid,
-            json=self.login_values(address, **over))
+            json=self.values(address, **over))
         assert status == 200 and done["type"] == "complete", done
         return str(done["complete"]["user_login_id"])
 
-    async def login_state(self, user_mxid: str, login_id: str) -> dict[str, Any]:
-        status, who = await self.bridge.provision("GET", "/whoami", user_mxid)
+    async def state(self, bridge: BridgeProcess, user_mxid: str, login_id: str) -> dict[str, Any]:
+        """The login's state as the provisioning API reports it: ``state_event`` and ``error``."""
+        status, who = await bridge.provision("GET", "/whoami", user_mxid)
         assert status == 200, who
         (login,) = [lg for lg in who["logins"] if lg["id"] == login_id]
         return dict(login["state"])
 
-    async def wait_login_state(self, user_mxid: str, login_id: str, state: str, timeout: float = 60) -> dict[str, Any]:
+    async def wait_state(self, bridge: BridgeProcess, user_mxid: str, login_id: str, state: str,
+                         timeout: float = 60) -> dict[str, Any]:
+        """Poll until the login is in ``state``; raises TimeoutError after ``timeout`` seconds."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            current = await self.login_state(user_mxid, login_id)
+            current = await self.state(bridge, user_mxid, login_id)
             if current["state_event"] == state:
                 return current
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"login {login_id} is {current}, not {state}")
             await asyncio.sleep(0.2)
+
+    async def logout_all(self) -> None:
+        """Log out every login of the tracked users (provisioning I/O). A bridge that is not
+        running is skipped: the test that stopped it has failed already."""
+        users, self._users = self._users, []
+        for bridge, user_mxid in users:
+            if bridge.proc is None or bridge.proc.returncode is not None:
+                continue
+            status, who = await bridge.provision("GET", "/whoami", user_mxid)
+            assert status == 200, who
+            for login in who["logins"]:
+                if login["network"] == "email":
+                    status, body = await bridge.provision("POST", f"/logout/{login['id']}", user_mxid)
+                    assert status == 200, body
+
+
+def log_offset(bridge: BridgeProcess) -> int:
+    """Where the bridge's log ends now, to read what it logs from here on with :func:`log_since`."""
+    return bridge.log_path.stat().st_size if bridge.log_path.exists() else 0
+
+
+def log_since(bridge: BridgeProcess, offset: int) -> str:
+    """What the bridge logged after ``offset`` (from :func:`log_offset`)."""
+    with open(bridge.log_path, "rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
 
 
 def room_named(name: str) -> Callable[[dict[str, Any]], bool]:

@@ -1,5 +1,6 @@
-"""Email end to end: a mailbox's history imported into the right rooms and threads, and a
-bridge SIGKILLed in the middle of an import bridging every message exactly once."""
+"""Email end to end on the session's SQLite bridge: a mailbox's history imported into the right
+rooms and threads, and the bridge SIGKILLed in the middle of an import bridging every message
+exactly once (and running again for the tests after it)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,17 @@ import datetime as dt
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from tests.conftest import unique
-from tests.email.e2e import EmailStack, thread_of
+from tests.email.e2e import EmailLogins, thread_of
+from tests.rig.bridge import BridgeProcess
 from tests.rig.mailservers import MailServers, simple_message
 from tests.rig.nio_client import NioUser
 
 T0 = dt.datetime(2024, 5, 1, 8, 0, tzinfo=dt.timezone.utc)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(synapse_factory, mailservers, tmp_path_factory) -> AsyncIterator[EmailStack]:  # type: ignore[no-untyped-def]
-    s = EmailStack(tmp_path_factory.mktemp("email-import"), mailservers, fetch_batch_size=50)
-    await s.start(synapse_factory)
-    yield s
-    await s.stop()
 
 
 def history(me: str, tag: str, people: int, per_person: int) -> list[tuple[bytes, dt.datetime]]:
@@ -87,40 +79,47 @@ def check_rooms_and_threads(found: dict[str, list[tuple[str, dict]]], tag: str, 
 
 
 @pytest.mark.timeout(900)
-async def test_history_of_500_messages_in_50_rooms(stack: EmailStack, mailservers: MailServers) -> None:
+async def test_history_of_500_messages_in_50_rooms(bridge: BridgeProcess, nio_users: Any, email_logins: EmailLogins,
+                                                   mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("hist"))
     tag = unique("h")
     people, per_person = 50, 10
     await asyncio.to_thread(mailservers.append_many, me, "INBOX", history(me, tag, people, per_person))
-    user = await stack.user("historian")
-    await stack.login(user.user_id, me)
+    user = await nio_users("historian")
+    await email_logins.login(bridge, user.user_id, me)
     found = await wait_bridged(user, tag, people * per_person, timeout=780)
     check_rooms_and_threads(found, tag, people, per_person)
 
 
 @pytest.mark.timeout(900)
-async def test_sigkill_during_import_bridges_each_message_once(stack: EmailStack, mailservers: MailServers) -> None:
+async def test_sigkill_during_import_bridges_each_message_once(bridge: BridgeProcess, nio_users: Any,
+                                                               email_logins: EmailLogins,
+                                                               mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("kill"))
     tag = unique("k")
     people, per_person = 20, 10
     await asyncio.to_thread(mailservers.append_many, me, "INBOX", history(me, tag, people, per_person))
-    user = await stack.user("survivor")
-    login_id = await stack.login(user.user_id, me)
-    await wait_bridged(user, tag, 30, timeout=200)
-    await stack.bridge.kill()
-    partial = len(bridged(user, tag))
-    assert partial < people * per_person, "the import finished before the kill: nothing was tested"
-    # Mail keeps arriving while the bridge is down.
-    late = simple_message(from_addr=f"Person {tag} 0 <{tag}-p0@hist.example>", to=me, subject="Re: Topic 0",
-                          body=f"{tag}-0-{per_person}\n", message_id=f"<{tag}-0-{per_person}@hist.example>",
-                          in_reply_to=f"<{tag}-0-0@hist.example>", references=[f"<{tag}-0-0@hist.example>"])
-    await asyncio.to_thread(mailservers.deliver, late, me)
-    await stack.bridge.start()
+    user = await nio_users("survivor")
+    login_id = await email_logins.login(bridge, user.user_id, me)
+    try:
+        await wait_bridged(user, tag, 30, timeout=200)
+        await bridge.kill()
+        partial = len(bridged(user, tag))
+        assert partial < people * per_person, "the import finished before the kill: nothing was tested"
+        # Mail keeps arriving while the bridge is down.
+        late = simple_message(from_addr=f"Person {tag} 0 <{tag}-p0@hist.example>", to=me, subject="Re: Topic 0",
+                              body=f"{tag}-0-{per_person}\n", message_id=f"<{tag}-0-{per_person}@hist.example>",
+                              in_reply_to=f"<{tag}-0-0@hist.example>", references=[f"<{tag}-0-0@hist.example>"])
+        await asyncio.to_thread(mailservers.deliver, late, me)
+        await bridge.start()
+    finally:
+        if bridge.proc is None or bridge.proc.returncode is not None:
+            await bridge.start()  # the session's bridge stays up for the other tests
     await wait_bridged(user, tag, people * per_person + 1, timeout=600)
     await asyncio.sleep(3)  # anything bridged twice would show up now
     found = bridged(user, tag)
     check_rooms_and_threads(found, tag, people, per_person)
     assert len(found[f"{tag}-0-{per_person}"]) == 1
     assert thread_of(found[f"{tag}-0-{per_person}"][0][1]) == found[f"{tag}-0-0"][0][1]["event_id"]
-    state = await stack.wait_login_state(user.user_id, login_id, "CONNECTED")
+    state = await email_logins.wait_state(bridge, user.user_id, login_id, "CONNECTED")
     assert state["error"] is None

@@ -1,25 +1,27 @@
-"""Email end to end: real Synapse, real bridge process, Dovecot and Postfix, a decrypting client.
+"""Email end to end: the session's Synapse, bridges and mail servers (Dovecot and Postfix), and a
+decrypting client.
 
 Mail delivered to the mailbox appears decrypted in its room (HTML sanitised, attachments
 byte-identical, replies in the thread); a reply typed in the thread goes out with threading
 headers and an attachment, and is filed in Sent; a refused recipient and a wrong password get
 plain errors; an IMAP connection dropped in the middle of a FETCH reconnects and loses nothing;
-the login works by chat with the bridge bot too.
+the login works by chat with the bridge bot too. Each test has its own mailboxes and Matrix
+users; the round trip runs on the SQLite and the PostgreSQL bridge.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import datetime as dt
+import secrets
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-import datetime as dt
-
-import pytest_asyncio
+from typing import Any
 
 from tests.conftest import unique
-from tests.email.e2e import EmailStack, body_has, msgtype_is, room_named, thread_of
+from tests.email.e2e import EmailLogins, body_has, msgtype_is, room_named, thread_of
 from tests.email.tcpproxy import TcpProxy
+from tests.rig.bridge import BridgeProcess
 from tests.rig.mailservers import MailServers, simple_message
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
@@ -27,14 +29,6 @@ PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
 )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(synapse_factory, mailservers, tmp_path_factory) -> AsyncIterator[EmailStack]:  # type: ignore[no-untyped-def]
-    s = EmailStack(tmp_path_factory.mktemp("email-e2e"), mailservers)
-    await s.start(synapse_factory)
-    yield s
-    await s.stop()
 
 
 def rich_mail(me: str, sender: str, message_id: str) -> bytes:
@@ -54,11 +48,13 @@ def rich_mail(me: str, sender: str, message_id: str) -> bytes:
     return msg.as_bytes()
 
 
-async def test_mail_in_reply_out(stack: EmailStack, mailservers: MailServers) -> None:
+async def test_mail_in_reply_out(any_bridge: BridgeProcess, nio_users: Any, email_logins: EmailLogins,
+                                 mailservers: MailServers) -> None:
+    bridge = any_bridge
     me = mailservers.add_user(unique("e2e"))
     alice_addr = f"{unique('alice')}@friends.example"
-    user = await stack.user("alice")
-    await stack.login(user.user_id, me, display_name="Me Myself")
+    user = await nio_users("alice")
+    await email_logins.login(bridge, user.user_id, me, display_name="Me Myself")
 
     root_id = make_msgid(domain="friends.example")
     await asyncio.to_thread(mailservers.deliver, rich_mail(me, alice_addr, root_id), me)
@@ -66,6 +62,7 @@ async def test_mail_in_reply_out(stack: EmailStack, mailservers: MailServers) ->
     text = await user.wait_for_message(room, body_has("Hello from Alice!"), timeout=60)
     raw = await user.get_raw_event(room, text["event_id"])
     assert raw["type"] == "m.room.encrypted"
+    assert raw["sender"].startswith(f"@{bridge.config['networks']['email']['ghost_prefix']}")
     content = text["content"]
     html = content.get("formatted_body", "")
     assert "<b>Alice</b>" in html
@@ -104,73 +101,96 @@ async def test_mail_in_reply_out(stack: EmailStack, mailservers: MailServers) ->
     (att,) = list(with_file.message.iter_attachments())
     assert att.get_filename() == "minutes.pdf" and att.get_content() == data
 
-    # Nothing was bridged twice (the copies in Sent are the Matrix messages themselves).
+    # Nothing was bridged twice (the copies in Sent are the Matrix messages themselves): a
+    # later mail arrives after where a duplicate would be, and there is none.
+    await asyncio.to_thread(mailservers.deliver, simple_message(
+        from_addr=f"Alice Example <{alice_addr}>", to=me, subject="Re: Holiday photos", body="Last word.\n",
+        message_id=make_msgid(domain="friends.example"), in_reply_to=root_id, references=[root_id]), me)
+    await user.wait_for_message(room, body_has("Last word."), timeout=60)
     await asyncio.sleep(2)
     bodies = [str(e.get("content", {}).get("body", "")) for e in user.events(room)]
     assert sum("Lovely, see you there!" in b for b in bodies) == 1
     assert sum("Hello from Alice!" in b for b in bodies) == 1
 
 
-async def test_refused_recipient_shows_an_error_in_the_room(stack: EmailStack, mailservers: MailServers) -> None:
+async def test_refused_recipient_shows_an_error_in_the_room(bridge: BridgeProcess, nio_users: Any,
+                                                            email_logins: EmailLogins,
+                                                            mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("e2e"))
-    user = await stack.user("bob")
-    login_id = await stack.login(user.user_id, me)
-    status, created = await stack.bridge.provision(
-        "POST", f"/create_dm/reject-zoe@friends.example?login_id={login_id}", user.user_id)
+    zoe = f"reject-{unique('zoe')}@friends.example"
+    user = await nio_users("bob")
+    login_id = await email_logins.login(bridge, user.user_id, me)
+    status, created = await bridge.provision("POST", f"/create_dm/{zoe}?login_id={login_id}", user.user_id)
     assert status == 200, created
-    room = await user.wait_for_invite(room_named("reject-zoe@friends.example"), timeout=60)
+    room = await user.wait_for_invite(room_named(zoe), timeout=60)
     await user.send_text(room, "Are you there?")
     notice = await user.wait_for_message(room, body_has("was not sent"), timeout=60)
-    assert "reject-zoe@friends.example" in notice["content"]["body"]
+    assert zoe in notice["content"]["body"]
     assert await asyncio.to_thread(mailservers.fetch_all, me, "Sent") == []
 
 
-async def test_wrong_password_is_refused_plainly(stack: EmailStack, mailservers: MailServers) -> None:
+async def test_wrong_password_is_refused_plainly(bridge: BridgeProcess, nio_users: Any, email_logins: EmailLogins,
+                                                 mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("e2e"))
-    user = await stack.user("carl")
-    status, step = await stack.bridge.provision("POST", "/login/start/email.password", user.user_id)
+    wrong = f"wrong-password-{secrets.token_hex(6)}"
+    user = await nio_users("carl")
+    email_logins.track(bridge, user.user_id)
+    status, step = await bridge.provision("POST", "/login/start/email.password", user.user_id)
     assert status == 200
-    status, error = await stack.bridge.provision(
+    status, error = await bridge.provision(
         "POST", f"/login/step/{step['login_id']}/{step['step_id']}/user_input", user.user_id,
-        json=stack.login_values(me, password="wrong-password"))
+        json=email_logins.values(me, password=wrong))
     assert status == 400 and "refused the username or password" in error["error"]
-    assert "wrong-password" not in stack.bridge.log_text()
+    assert wrong not in bridge.log_text()
+    status, who = await bridge.provision("GET", "/whoami", user.user_id)
+    assert status == 200 and who["logins"] == []
 
 
-async def test_imap_drop_mid_fetch_reconnects_and_loses_nothing(stack: EmailStack, mailservers: MailServers) -> None:
+async def test_imap_drop_mid_fetch_reconnects_and_loses_nothing(bridge: BridgeProcess, nio_users: Any,
+                                                                email_logins: EmailLogins,
+                                                                mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("e2e"))
     proxy = TcpProxy(mailservers.host, mailservers.imap_port)
     await proxy.start()
     try:
-        user = await stack.user("dora")
-        login_id = await stack.login(user.user_id, me, imap_port=str(proxy.port), imap_security="plain")
-        await stack.wait_login_state(user.user_id, login_id, "CONNECTED")
+        user = await nio_users("dora")
+        login_id = await email_logins.login(bridge, user.user_id, me, imap_port=str(proxy.port),
+                                            imap_security="plain")
+        await email_logins.wait_state(bridge, user.user_id, login_id, "CONNECTED")
         # A large mail whose FETCH the connection drops in the middle of.
         token = unique("big")
         body = f"{token}\n" + "".join(f"line {i} of a long report\n" for i in range(30_000))
         big = simple_message(from_addr="Reporter <reporter@friends.example>", to=me, subject="Report", body=body)
         proxy.cut_after_bytes(200_000)
         await asyncio.to_thread(mailservers.deliver, big, me)
-        await stack.wait_login_state(user.user_id, login_id, "TRANSIENT_DISCONNECT", timeout=60)
+        await email_logins.wait_state(bridge, user.user_id, login_id, "TRANSIENT_DISCONNECT", timeout=60)
         proxy.cut_after = None
-        state = await stack.wait_login_state(user.user_id, login_id, "CONNECTED", timeout=60)
+        state = await email_logins.wait_state(bridge, user.user_id, login_id, "CONNECTED", timeout=60)
         assert state["error"] is None
         room = await user.wait_for_invite(room_named("Reporter"), timeout=60)
         await user.wait_for_message(room, body_has(token), timeout=60)
+        # A later mail comes after where a second copy of the big one would be.
+        after = unique("after")
+        await asyncio.to_thread(mailservers.deliver, simple_message(
+            from_addr="Reporter <reporter@friends.example>", to=me, subject="Report", body=f"{after}\n"), me)
+        await user.wait_for_message(room, body_has(after), timeout=60)
         await asyncio.sleep(2)
         assert sum(body_has(token)(e) for e in user.events(room)) == 1
         assert proxy.cuts >= 1
     finally:
+        await email_logins.logout_all()  # before its IMAP server goes away
         await proxy.stop()
 
 
-async def test_login_by_chat(stack: EmailStack, mailservers: MailServers) -> None:
+async def test_login_by_chat(bridge: BridgeProcess, nio_users: Any, email_logins: EmailLogins,
+                             mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("chat"))
-    user = await stack.user("erin")
-    mgmt = await user.create_dm(stack.bridge.bot_mxid)
+    user = await nio_users("erin")
+    email_logins.track(bridge, user.user_id)
+    mgmt = await user.create_dm(bridge.bot_mxid)
     await user.wait_for_message(mgmt, body_has("management room"), timeout=30)
     await user.send_text(mgmt, "login email")
-    answers = stack.login_values(me, display_name="Erin E.", username="-")
+    answers = email_logins.values(me, display_name="Erin E.", username="-")
     secret_event = None
     for field in ("email address", "display name", "IMAP server", "IMAP port", "IMAP security", "SMTP server",
                   "SMTP port", "SMTP security", "username", "password"):
@@ -186,6 +206,7 @@ async def test_login_by_chat(stack: EmailStack, mailservers: MailServers) -> Non
     assert secret_event is not None
     raw = await user.get_raw_event(mgmt, secret_event)
     assert raw.get("unsigned", {}).get("redacted_because") or not raw.get("content"), raw
+    assert mailservers.password(me) not in bridge.log_text()
     await user.send_text(mgmt, "logins")
     await user.wait_for_message(mgmt, lambda e: me in str(e.get("content", {}).get("body", ""))
                                 and "CONNECTED" in str(e.get("content", {}).get("body", "")), timeout=60)

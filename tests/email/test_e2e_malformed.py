@@ -1,34 +1,26 @@
-"""Email end to end: CPython's test_email corpus and our own malformed mail all bridge, the
-sync goes on past them, and no formatted_body carries active content."""
+"""Email end to end on the session's SQLite bridge: CPython's test_email corpus and our own
+malformed mail all bridge, the sync goes on past them, no formatted_body carries active content,
+and the bridge logs no traceback meanwhile."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from bridges.email.convert import EMAIL_KEY, parse_headers
 from bridges.email.convert_html import MATRIX_ATTRIBUTES, MATRIX_TAGS
 from bridges.email.ids import message_remote_id
 from tests.conftest import unique
-from tests.email.e2e import EmailStack, body_has
+from tests.email.e2e import EmailLogins, body_has, log_offset, log_since
 from tests.email.test_convert_corpus import CORPUS_FILES, OWN_FILES
+from tests.rig.bridge import BridgeProcess
 from tests.rig.mailservers import MailServers, simple_message
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(synapse_factory, mailservers, tmp_path_factory) -> AsyncIterator[EmailStack]:  # type: ignore[no-untyped-def]
-    s = EmailStack(tmp_path_factory.mktemp("email-malformed"), mailservers, max_attachment_size=256 * 1024)
-    await s.start(synapse_factory)
-    yield s
-    await s.stop()
 
 
 class Audit(HTMLParser):
@@ -59,16 +51,18 @@ def first_parts(user: Any) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not CORPUS_FILES, reason="CPython's test_email corpus is not installed")
-async def test_odd_mail_bridges_and_the_sync_goes_on(stack: EmailStack, mailservers: MailServers) -> None:
+async def test_odd_mail_bridges_and_the_sync_goes_on(bridge: BridgeProcess, nio_users: Any,
+                                                     email_logins: EmailLogins, mailservers: MailServers) -> None:
     me = mailservers.add_user(unique("odd"))
+    log_start = log_offset(bridge)
     files: list[Path] = [*CORPUS_FILES, *OWN_FILES]
     when = dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)
     raws = [(p.read_bytes(), when + dt.timedelta(minutes=i)) for i, p in enumerate(files)]
     await asyncio.to_thread(mailservers.append_many, me, "INBOX", raws)
     expected = {message_remote_id(parse_headers(raw).message_id, "INBOX", 0, i, raw=raw) for i, (raw, _) in
                 enumerate(raws)}
-    user = await stack.user("odd")
-    await stack.login(user.user_id, me)
+    user = await nio_users("odd")
+    await email_logins.login(bridge, user.user_id, me)
     # After all of them, an ordinary mail arrives: the sync did not stop.
     sentinel = unique("sentinel")
     await asyncio.to_thread(mailservers.deliver, simple_message(
@@ -95,4 +89,4 @@ async def test_odd_mail_bridges_and_the_sync_goes_on(stack: EmailStack, mailserv
             html = str((event.get("content") or {}).get("formatted_body") or "").lower()
             assert "<script" not in html and "javascript:" not in html and "onerror" not in html
     assert not problems
-    assert "Traceback" not in stack.bridge.log_text()
+    assert "Traceback" not in log_since(bridge, log_start)
