@@ -165,11 +165,10 @@ class Bridge:
                 return False
         elif event.target_id is not None:
             # Events about a message belong to that message's portal, whatever the network said.
+            # (A status can overtake the answer to the send it is about: an unknown target is
+            # kept, and the portal waits a little for it before dropping the event.)
             target = await self.store.messages.first_part(event.login_id, event.target_id)
-            if target is None:
-                if event.kind in (RemoteEventKind.DELIVERY, RemoteEventKind.READ_RECEIPT):
-                    return False  # about a message that was never bridged: nothing to show
-            elif target.portal_id != event.portal_id:
+            if target is not None and target.portal_id != event.portal_id:
                 event = dataclasses.replace(event, portal_id=target.portal_id)
         row_id = await self.store.inbox.add(event.login_id, event.portal_id, event.kind.value, event.remote_id,
                                             event.to_json())

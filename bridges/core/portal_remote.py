@@ -24,6 +24,12 @@ from .portal_base import PortalBase
 log = logging.getLogger("caliopen.portal.remote")
 
 PRIVACY_KEY = "org.caliopen.privacy"
+#: Tries (about 30 s in all) for an event about a message whose mapping is not stored yet.
+TARGET_WAITS = 4
+
+
+class _TargetNotBridged(Exception):
+    """The message an event is about is not (yet) bridged."""
 
 
 class RemoteHandling(PortalBase):
@@ -65,6 +71,12 @@ class RemoteHandling(PortalBase):
                 await self._remote_relation(row, event)
         except asyncio.CancelledError:
             raise
+        except _TargetNotBridged:
+            if row.attempts < TARGET_WAITS:
+                self.retry_later(row, event)
+            else:
+                self.log.debug("Dropped a %s event about a message that was never bridged", event.kind.value)
+                await bridge.store.inbox.delete(row.id)
         except Exception as e:
             METRICS.remote_failures.labels(self.network).inc()
             if bridge.matrix.is_transient(e):
@@ -155,7 +167,7 @@ class RemoteHandling(PortalBase):
     async def _remote_delivery(self, event: RemoteEvent) -> None:
         target = await self._find(event.target_id or "")
         if target is None:
-            return
+            raise _TargetNotBridged()
         state = DeliveryState(event.data.get("state", DeliveryState.SENT.value))
         order = [DeliveryState.QUEUED, DeliveryState.SENT, DeliveryState.DELIVERED]
         old = DeliveryState(target.delivery) if target.delivery else DeliveryState.QUEUED
@@ -176,7 +188,7 @@ class RemoteHandling(PortalBase):
     async def _remote_read(self, event: RemoteEvent) -> None:
         target = await self._find(event.target_id or "")
         if target is None:
-            return
+            raise _TargetNotBridged()
         login = self.bridge.logins[self.login_id]
         ghost = await self.bridge.ensure_ghost(self.network, event.sender, login)
         await self.bridge.matrix.mark_read(target.room_mxid, ghost, target.mxid)

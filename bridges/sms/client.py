@@ -20,7 +20,7 @@ from bridges.core.events import ChatInfo, ConvertedMessage, MatrixMessage, Porta
 from bridges.core.network import LoginState, UserLoginInfo
 
 from . import ids
-from .backends.base import BackendEvent, EventCallback, Media, MediaRef, SmsBackend, StatusUpdate
+from .backends.base import BackendEvent, EventCallback, Media, MediaRef, SmsBackend
 from .backends.http import Unreachable
 from .convert import convert_message
 from .handle_matrix import send_message
@@ -107,13 +107,10 @@ class SmsClient:
     async def on_backend_event(self, event: BackendEvent) -> None:
         """Queue a backend event with the core; returns once it is stored (durably).
 
-        Status updates about messages the bridge did not send (the phone's own app, another
-        tool on the same account) are dropped: they have no Matrix message to update.
+        A status update can arrive before the answer to the send it is about: the core keeps it
+        and waits a little for the message; one about a message sent elsewhere (the phone's own
+        app) is dropped there.
         """
-        if isinstance(event, StatusUpdate) and event.id not in self.sent_portals \
-                and not await self.bridge.is_bridged(self.login.id, event.id):
-            log.debug("Login %s: a status update for a message sent elsewhere was dropped", self.login.id)
-            return
         for remote in remote_events(self, event):
             await self.bridge.queue_remote_event(remote)
 
