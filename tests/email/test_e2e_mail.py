@@ -69,9 +69,9 @@ async def test_mail_in_reply_out(any_bridge: BridgeProcess, nio_users: Any, emai
     for bad in ("<script", "onerror", "javascript:", "alert("):
         assert bad not in html
     assert "org.caliopen.privacy" in content
-    pdf = await user.wait_for_message(room, msgtype_is("m.file"), timeout=30)
+    pdf = await user.wait_for_message(room, msgtype_is("m.file"), timeout=60)
     assert pdf["content"]["body"] == "plan.pdf" and await user.download_decrypted(pdf["content"]) == PDF
-    image = await user.wait_for_message(room, msgtype_is("m.image"), timeout=30)
+    image = await user.wait_for_message(room, msgtype_is("m.image"), timeout=60)
     assert await user.download_decrypted(image["content"]) == PNG
 
     # Alice answers herself: her mail lands in the thread of the first.
@@ -91,7 +91,7 @@ async def test_mail_in_reply_out(any_bridge: BridgeProcess, nio_users: Any, emai
     assert root_id in mail["References"]
     assert mail["From"].addresses[0].addr_spec == me and mail["From"].addresses[0].display_name == "Me Myself"
     assert "Lovely, see you there!" in mail.get_body(("plain",)).get_content()
-    sent = await mailservers.wait_for_mail(me, "Sent", timeout=30)
+    sent = await mailservers.wait_for_mail(me, "Sent", timeout=60)
     assert any(mail["Message-ID"].encode() in r for _, _, r in sent)
 
     # A file sent from Matrix is an attachment, byte for byte.
@@ -188,13 +188,13 @@ async def test_login_by_chat(bridge: BridgeProcess, nio_users: Any, email_logins
     user = await nio_users("erin")
     email_logins.track(bridge, user.user_id)
     mgmt = await user.create_dm(bridge.bot_mxid)
-    await user.wait_for_message(mgmt, body_has("management room"), timeout=30)
+    await user.wait_for_message(mgmt, body_has("management room"), timeout=60)
     await user.send_text(mgmt, "login email")
     answers = email_logins.values(me, display_name="Erin E.", username="-")
     secret_event = None
     for field in ("email address", "display name", "IMAP server", "IMAP port", "IMAP security", "SMTP server",
                   "SMTP port", "SMTP security", "username", "password"):
-        await user.wait_for_message(mgmt, body_has(f"Send your {field}"), timeout=30)
+        await user.wait_for_message(mgmt, body_has(f"Send your {field}"), timeout=60)
         key = {"email address": "email", "display name": "display_name", "IMAP server": "imap_host",
                "IMAP port": "imap_port", "IMAP security": "imap_security", "SMTP server": "smtp_host",
                "SMTP port": "smtp_port", "SMTP security": "smtp_security", "username": "username",
