@@ -186,11 +186,16 @@ class RemoteHandling(PortalBase):
             await self.bridge.matrix.send_notice(target.room_mxid, f"Your message was not delivered: {error}")
 
     async def _remote_read(self, event: RemoteEvent) -> None:
+        if event.sender.is_from_me:
+            # "The user read it elsewhere" can only be shown as the user (double puppeting,
+            # not built); a receipt from a ghost of the user's own address would mislead.
+            return
         target = await self._find(event.target_id or "")
         if target is None:
             raise _TargetNotBridged()
         login = self.bridge.logins[self.login_id]
         ghost = await self.bridge.ensure_ghost(self.network, event.sender, login)
+        await self.bridge.matrix.ensure_in_room(target.room_mxid, ghost)
         await self.bridge.matrix.mark_read(target.room_mxid, ghost, target.mxid)
 
     async def _remote_relation(self, row: InboxRow, event: RemoteEvent) -> None:
