@@ -31,6 +31,7 @@ from aiohttp import web
 from bridges.sandbox.synapse import free_port
 
 from .openapi_check import SpecChecker, validating_middleware
+from .server import EmulatorServer
 
 SPEC = "smsgate-openapi.json"
 PAYLOAD_SCHEMAS = {
@@ -74,7 +75,7 @@ class SentMessage:
     recipient_states: dict[str, str] = field(default_factory=dict)
 
 
-class SmsGateEmulator:
+class SmsGateEmulator(EmulatorServer):
     def __init__(self, *, username: str = "sms-user", password: str = "sms-pass", signing_key: str = "sign-key",
                  prefix: str = "/3rdparty/v1", device_id: str = "PyDmBQZZXYmyxMwED8Fzy",
                  auto_report: bool = False) -> None:
@@ -115,18 +116,7 @@ class SmsGateEmulator:
         app.router.add_post(f"{p}/messages", self._send)
         app.router.add_get(f"{p}/messages/{{id}}", self._get_message)
         app.router.add_get(f"{p}/inbox/{{id}}/attachments/{{part}}", self._attachment)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self._session = aiohttp.ClientSession()
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._session:
-            await self._session.close()
-        if self._runner:
-            await self._runner.cleanup()
+        await self._serve(app)
 
     # --- the API --------------------------------------------------------------------------
 

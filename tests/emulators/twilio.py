@@ -34,6 +34,7 @@ from twilio.request_validator import RequestValidator
 from bridges.sandbox.synapse import free_port
 
 from .openapi_check import SpecChecker, validating_middleware
+from .server import EmulatorServer
 
 SPEC = "twilio-api-v2010-openapi.json"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -70,7 +71,7 @@ class Message:
     error_code: int | None = None
 
 
-class TwilioEmulator:
+class TwilioEmulator(EmulatorServer):
     def __init__(self, *, account_sid: str | None = None, auth_token: str | None = None,
                  numbers: tuple[str, ...] = ("+15005550006",), route: Callable[[str], str] | None = None,
                  auto_status: bool = False) -> None:
@@ -107,18 +108,7 @@ class TwilioEmulator:
         app.router.add_post(f"{API}/{{AccountSid}}/Messages.json", self._create_message)
         app.router.add_get(f"{API}/{{AccountSid}}/Messages/{{Sid}}.json", self._fetch_message)
         app.router.add_get(f"{API}/{{AccountSid}}/Messages/{{MessageSid}}/Media/{{Sid}}", self._media)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self._session = aiohttp.ClientSession()
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._session:
-            await self._session.close()
-        if self._runner:
-            await self._runner.cleanup()
+        await self._serve(app)
 
     # --- the API --------------------------------------------------------------------------
 
