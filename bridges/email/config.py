@@ -6,6 +6,9 @@ Keys (all optional but ``enabled``; the core reads ``enabled``, ``ghost_prefix``
 ``displayname_template`` and ``module`` itself):
 
 - ``initial_sync_messages``: messages imported per folder at a login's first sync (100).
+- ``initial_sync_days``: when more than 0, a login's first sync imports only mail that arrived
+  in the last that many days (by IMAP INTERNALDATE; the server compares dates, so a day's mail
+  comes whole); ``initial_sync_messages`` still caps each folder, to its most recent (0).
 - ``sync_folders``: folders to bridge; ``\\Sent`` stands for the Sent folder found by
   SPECIAL-USE or its usual names (``["INBOX", "\\Sent"]``).
 - ``max_attachment_size``: bytes; larger attachments become a note with name and size (25 MiB).
@@ -43,6 +46,7 @@ MAX_IDLE = 29 * 60 - 60
 class EmailConfig:
     enabled: bool = True
     initial_sync_messages: int = 100
+    initial_sync_days: int = 0
     sync_folders: tuple[str, ...] = ("INBOX", SENT)
     max_attachment_size: int = 25 * 1024 * 1024
     inline_message_size: int = 1024 * 1024

@@ -6,8 +6,10 @@ Capabilities: none of its own (the remote half of the required client interface)
 
 1. Connect one IMAP connection per bridged folder (INBOX and the Sent folder found by
    SPECIAL-USE, by default); report the login's state with ``set_login_state``.
-2. First time only: import the last ``initial_sync_messages`` of every folder, oldest first
-   across folders (so replies find their thread roots), fetching ``BODY.PEEK[]`` in batches.
+2. First time only: import the last ``initial_sync_messages`` of every folder (and, when
+   ``initial_sync_days`` is set, only among the mail that arrived in those last days), oldest
+   first across folders (so replies find their thread roots), fetching ``BODY.PEEK[]`` in
+   batches.
 3. Then, per folder: fetch what is new since the folder's cursor, queue it, IDLE (or NOOP
    polling when the server lacks IDLE), and again.
 
@@ -34,6 +36,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import LoginError
@@ -405,10 +408,17 @@ class MailSync:
     # --- importing -----------------------------------------------------------------------
 
     async def _recent_uids(self, conn: ImapConnection, status: MailboxStatus) -> list[int]:
+        """UIDs of the selected folder's mail a first import takes: the last
+        ``initial_sync_messages``, among the mail that arrived since the day
+        ``initial_sync_days`` ago when that is set (the server searches by date)."""
         limit = self.config.initial_sync_messages
         if limit <= 0 or status.exists == 0:
             return []
-        uids = await conn.all_uids()
+        if self.config.initial_sync_days > 0:
+            since = (datetime.now(UTC) - timedelta(days=self.config.initial_sync_days)).date()
+            uids = await conn.search_since(since)
+        else:
+            uids = await conn.all_uids()
         return [u for u in uids if u < status.uidnext][-limit:]
 
     async def _queue(self, event: RemoteEvent) -> None:

@@ -30,7 +30,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient
@@ -396,6 +396,14 @@ class ImapConnection:
     async def all_uids(self) -> list[int]:
         """Every UID of the selected folder, ascending."""
         return sorted(await self._run(lambda: list(self._require().search("ALL"))))
+
+    async def search_since(self, day: date) -> list[int]:
+        """UIDs of the selected folder's messages that arrived on ``day`` or later, ascending.
+
+        ``UID SEARCH SINCE``: the server compares the date of each INTERNALDATE, in its own
+        time zone, not the time.
+        """
+        return sorted(await self._run(lambda: list(self._require().search(["SINCE", day]))))
 
     async def search_message_id(self, message_id: str) -> list[int]:
         """UIDs of messages with this Message-ID (given with or without angle brackets)."""

@@ -93,9 +93,12 @@ def test_account_defaults_from_the_address() -> None:
 
 def test_config_section() -> None:
     cfg = EmailConfig.from_section({"enabled": True, "ghost_prefix": "email_", "initial_sync_messages": 10,
-                                    "idle_timeout": 600, "sync_folders": ["INBOX"]})
+                                    "idle_timeout": 600, "sync_folders": ["INBOX"], "initial_sync_days": 30})
+    assert cfg.initial_sync_days == 30 and EmailConfig().initial_sync_days == 0
     assert cfg.initial_sync_messages == 10 and cfg.idle_timeout == 600.0 and cfg.sync_folders == ("INBOX",)
     for section, key in (({"initial_sync_messages": "ten"}, "initial_sync_messages"),
+                         ({"initial_sync_days": -1}, "initial_sync_days"),
+                         ({"initial_sync_days": 1.5}, "initial_sync_days"),
                          ({"idle_timeout": 3600}, "idle_timeout"),
                          ({"allow_plaintext_loopback": "yes"}, "allow_plaintext_loopback"),
                          ({"tls_ca_file": "/nonexistent.pem"}, "tls_ca_file"),

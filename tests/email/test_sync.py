@@ -101,6 +101,44 @@ async def test_first_sync_imports_history_in_date_order_then_idles(
         await stop(again)
 
 
+@pytest.mark.parametrize(("days", "limit", "expected"), [
+    (7, 100, ["r1", "r2", "r3"]),  # only the last week's mail
+    (7, 2, ["r2", "r3"]),  # the last two of the last week's mail
+    (0, 2, ["o3", "r3"]),  # no age limit: the last two by arrival in the folder
+])
+async def test_first_sync_window_by_age(mailservers: MailServers, mail_user: tuple[str, str],
+                                        days: int, limit: int, expected: list[str]) -> None:
+    me, _ = mail_user
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    ages = {"r1": 3, "o1": 40, "r2": 2, "o2": 10, "r3": 1, "o3": 30}  # in the folder's (UID) order
+    ids = {tag: mid(f"age-{tag}") for tag in ages}
+    mails = []
+    for tag, age in ages.items():
+        when = now - dt.timedelta(days=age)
+        mails.append((simple_message(from_addr="max@example.org", to=me, subject=tag, date=when,
+                                     message_id=ids[tag]), when))
+    assert await asyncio.to_thread(mailservers.append_many, me, "INBOX", mails) == len(mails)
+    connector, bridge = make_connector(mailservers, sync_folders=["INBOX"], initial_sync_days=days,
+                                       initial_sync_messages=limit)
+    client = await logged_in_client(connector, mailservers, me)
+    await client.connect()
+    try:
+        saved = await eventually(lambda: _done(bridge))
+        assert saved["folders"]["INBOX"]["last_uid"] == len(ages)
+        # Oldest first, each once; mail outside the window was not even fetched.
+        assert [e.remote_id for e in bridge.messages()] == [bare(ids[t]) for t in expected]
+        assert sorted(bridge.attempts) == sorted(bare(ids[t]) for t in expected)
+        # Later mail comes whatever its date: the window is for the first sync only.
+        late = mid("age-late")
+        when = now - dt.timedelta(days=90)
+        await asyncio.to_thread(mailservers.append, me, "INBOX", simple_message(
+            from_addr="max@example.org", to=me, message_id=late, date=when), (), when)
+        events = await bridge.wait_messages(len(expected) + 1, timeout=15)
+        assert events[-1].remote_id == bare(late)
+    finally:
+        await stop(client)
+
+
 async def _done(bridge):  # type: ignore[no-untyped-def]
     meta = bridge.metadata.get("L1", {}).get("sync", {})
     return meta if meta.get("initial_done") else None
