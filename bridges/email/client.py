@@ -24,6 +24,7 @@ from ..core.events import ChatInfo, ConvertedMessage, MatrixMessage, MessageRef,
 from ..core.network import BridgeAPI, LoginState, UserLoginInfo
 from . import handle_matrix
 from .errors import ImapConnectionLost
+from .config import SaveSent
 from .handle_remote import MailSync, chat_info_for_portal, convert_event
 from .ids import normalize_address, normalize_message_id
 from .imap import ImapConnection
@@ -39,6 +40,15 @@ T = TypeVar("T")
 #: How long the Message-ID of a mail sent from Matrix is remembered, so that its copy in
 #: Sent is not bridged back before the core has stored it.
 SENT_MEMORY_SECONDS = 3600
+
+#: IMAP capabilities of servers that file what goes through their SMTP in Sent themselves.
+FILES_SENT_CAPABILITIES = frozenset({"X-GM-EXT-1"})  # Gmail
+
+
+def files_sent_itself(capabilities: frozenset[str]) -> bool:
+    """Whether an IMAP server with these capabilities (upper case) files submitted mail in
+    Sent by itself, so that a copy APPENDed by the bridge would be a second one. Pure."""
+    return not FILES_SENT_CAPABILITIES.isdisjoint(capabilities)
 
 
 class EmailClient:
@@ -168,11 +178,33 @@ class EmailClient:
 
         return await self._with_command(op)
 
-    async def append_sent(self, raw: bytes) -> tuple[str, int | None, int | None]:
-        """File ``raw`` in the Sent folder (read); return (folder, UIDVALIDITY, UID)."""
+    @property
+    def save_sent(self) -> SaveSent:
+        """How mail sent from Matrix is filed: the login's own choice, else the bridge's."""
+        return self.account.save_sent or self.config.save_sent
 
-        async def op(conn: ImapConnection) -> tuple[str, int | None, int | None]:
+    async def file_sent(self, raw: bytes, message_id: str, mode: SaveSent) -> tuple[str, int | None, int | None] | None:
+        """File ``raw`` (marked read) in the Sent folder as ``mode`` says; return where its copy
+        is (folder, UIDVALIDITY, UID; the last two None when the server does not say), or None
+        when none was filed.
+
+        ``NEVER`` files nothing, ``ALWAYS`` APPENDs. ``AUTO`` leaves it to a server that files
+        submitted mail itself (:func:`files_sent_itself`), and elsewhere APPENDs only when Sent
+        holds no mail with this Message-ID yet (``UID SEARCH HEADER Message-ID``). Raises
+        ImapError or OSError when the IMAP server fails.
+        """
+        if mode == SaveSent.NEVER:
+            return None
+
+        async def op(conn: ImapConnection) -> tuple[str, int | None, int | None] | None:
+            if mode == SaveSent.AUTO and files_sent_itself(conn.capabilities):
+                return None
             folder = self.account.sent_folder or await conn.find_sent_folder() or "Sent"
+            if mode == SaveSent.AUTO:
+                status = await conn.select(folder)
+                present = await conn.search_message_id(message_id)
+                if present:
+                    return folder, status.uidvalidity, present[-1]
             where = await conn.append(folder, raw, flags=("\\Seen",))
             return (folder, where[0], where[1]) if where else (folder, None, None)
 

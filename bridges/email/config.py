@@ -23,12 +23,16 @@ Keys (all optional but ``enabled``; the core reads ``enabled``, ``ghost_prefix``
 - ``allow_plaintext_loopback``: allow IMAP/SMTP without TLS to 127.0.0.1/::1/localhost (false).
 - ``tls_ca_file``: a PEM file of extra CAs to trust (a private mail server's own CA) ("").
 - ``verify_dkim``: verify DKIM signatures with DNS (true).
-- ``save_sent``: APPEND what is sent from Matrix to the Sent folder (true; turn off for
-  providers that file submitted mail themselves).
+- ``save_sent``: whether what is sent from Matrix is APPENDed to the Sent folder: ``auto``
+  (not on servers that file submitted mail themselves, Gmail's by its ``X-GM-EXT-1``
+  capability; elsewhere only when Sent holds no mail with its Message-ID yet), ``always`` or
+  ``never``; ``true`` and ``false`` mean ``always`` and ``never`` (``auto``). A login may
+  choose its own when it is made.
 """
 
 from __future__ import annotations
 
+import enum
 import ssl
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -40,6 +44,26 @@ SENT = "\\Sent"
 #: Keys of the section that the core reads.
 CORE_KEYS = frozenset({"enabled", "ghost_prefix", "displayname_template", "module"})
 MAX_IDLE = 29 * 60 - 60
+
+
+class SaveSent(str, enum.Enum):
+    """Whether mail sent from Matrix is filed in the Sent folder (see the module docstring)."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+    @classmethod
+    def parse(cls, value: object) -> SaveSent:
+        """``auto``, ``always``, ``never`` (any case), or true/false for always/never. No I/O.
+
+        Raises ValueError for anything else.
+        """
+        if isinstance(value, bool):
+            return cls.ALWAYS if value else cls.NEVER
+        if isinstance(value, str):
+            return cls(value.strip().lower())
+        raise ValueError(value)
 
 
 @dataclass(frozen=True)
@@ -58,7 +82,7 @@ class EmailConfig:
     allow_plaintext_loopback: bool = False
     tls_ca_file: str = ""
     verify_dkim: bool = True
-    save_sent: bool = True
+    save_sent: SaveSent = SaveSent.AUTO
 
     @classmethod
     def from_section(cls, section: dict[str, Any] | None, prefix: str = "networks.email") -> EmailConfig:
@@ -75,7 +99,12 @@ class EmailConfig:
             value = section[name]
             key = f"{prefix}.{name}"
             default = f.default
-            if isinstance(default, bool):
+            if isinstance(default, SaveSent):
+                try:
+                    value = SaveSent.parse(value)
+                except ValueError:
+                    raise ConfigError(key, "must be auto, always or never") from None
+            elif isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ConfigError(key, "must be true or false")
             elif isinstance(default, int):

@@ -8,8 +8,9 @@ A message goes to the room's correspondents (the portal's members; a mailing lis
 writes to the list's posting address), from the login's address. In a thread it answers the
 thread: ``Re:`` and the thread's subject, In-Reply-To the message replied to (else the thread
 root), References carried on from it; outside a thread it starts a new one whose subject is the
-first line. It is sent over SMTP, then appended to the Sent folder (best effort: a mail that
-went out is not reported as failed because the copy could not be filed).
+first line. It is sent over SMTP, then filed in the Sent folder as the login's ``save_sent``
+says, else the bridge's (see :meth:`EmailClient.file_sent`; best effort: a mail that went out
+is not reported as failed because the copy could not be filed).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import SendError, UserInputError
 from ..core.events import ChatInfo, MatrixMessage, MessageRef, PortalRef, SentMessage
+from .config import SaveSent
 from .convert import build_outgoing, thread_subject
 from .errors import ImapError
 from .handle_remote import chat_info_for
@@ -104,10 +106,13 @@ async def send_message(client: EmailClient, msg: MatrixMessage) -> SentMessage:
         "to": recipients,
         "cc": [],
     }
-    if client.config.save_sent:
+    mode = client.save_sent
+    if mode != SaveSent.NEVER:
         try:
-            folder, uidvalidity, uid = await client.append_sent(raw)
-            metadata.update({"folder": folder, "uidvalidity": uidvalidity, "uid": uid})
+            filed = await client.file_sent(raw, remote_id, mode)
+            if filed is not None:
+                folder, uidvalidity, uid = filed
+                metadata.update({"folder": folder, "uidvalidity": uidvalidity, "uid": uid})
         except (ImapError, OSError) as e:
             log.warning("Login %s: the sent mail could not be filed in Sent (%s)", client.login_id,
                         getattr(e, "user_message", type(e).__name__))

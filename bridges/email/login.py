@@ -1,7 +1,8 @@
 """Logging in to a mailbox: the "password" flow, and the account it makes.
 
-One step asks for the address, display name, IMAP and SMTP servers, username and password
-(an app password, for most providers). Both servers are checked (IMAP login and the Sent
+One step asks for the address, display name, IMAP and SMTP servers, username, whether mail
+sent from Matrix is filed in Sent (blank: the bridge's ``save_sent``) and password (an app
+password, for most providers). Both servers are checked (IMAP login and the Sent
 folder, SMTP login) before the step completes; a failure raises
 :class:`bridges.core.errors.LoginError` with the reason, and the flow can be tried again.
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from ..core.errors import LoginError, UserInputError
 from ..core.network import FieldType, LoginField, LoginResult, LoginStep, StepType, UserLoginInfo
-from .config import EmailConfig
+from .config import EmailConfig, SaveSent
 from .ids import normalize_address
 from .imap import ImapConnection, Security, ServerSettings
 from .smtp import SmtpSubmission
@@ -31,6 +32,7 @@ log = logging.getLogger("caliopen.email.login")
 FLOW_ID = "password"
 STEP_ID = "email.settings"
 SECURITY_CHOICES = tuple(s.value for s in Security)
+SAVE_SENT_CHOICES = tuple(s.value for s in SaveSent)
 DEFAULT_PORTS = {
     "imap": {Security.TLS: 993, Security.STARTTLS: 143, Security.PLAIN: 143},
     "smtp": {Security.TLS: 465, Security.STARTTLS: 587, Security.PLAIN: 587},
@@ -39,7 +41,7 @@ DEFAULT_PORTS = {
 #: Keys of the login metadata that describe the account (the sync adds its cursors beside them).
 ACCOUNT_KEYS = (
     "email", "display_name", "imap_host", "imap_port", "imap_security", "smtp_host", "smtp_port",
-    "smtp_security", "username", "sent_folder",
+    "smtp_security", "username", "sent_folder", "save_sent",
 )
 
 
@@ -58,6 +60,8 @@ class Account:
     username: str
     password: str = field(repr=False)
     sent_folder: str | None = None
+    #: This login's choice of filing sent mail; None follows the bridge's ``save_sent``.
+    save_sent: SaveSent | None = None
 
     @property
     def domain(self) -> str:
@@ -83,6 +87,7 @@ class Account:
             "imap_host": self.imap_host, "imap_port": self.imap_port, "imap_security": self.imap_security.value,
             "smtp_host": self.smtp_host, "smtp_port": self.smtp_port, "smtp_security": self.smtp_security.value,
             "username": self.username, "sent_folder": self.sent_folder,
+            "save_sent": self.save_sent.value if self.save_sent else None,
         }
 
     @classmethod
@@ -97,6 +102,7 @@ class Account:
             username=str(m.get("username") or login.remote_id),
             password=str(login.secrets.get("password", "")),
             sent_folder=m.get("sent_folder") or None,
+            save_sent=_saved_save_sent(m.get("save_sent")),
         )
 
     @classmethod
@@ -120,6 +126,7 @@ class Account:
             smtp_security=smtp_security,
             username=(values.get("username") or "").strip() or email,
             password=password,
+            save_sent=_save_sent(values.get("save_sent")),
         )
 
 
@@ -131,6 +138,27 @@ def _security(value: str | None, default: Security, what: str) -> Security:
         return Security(text)
     except ValueError:
         raise UserInputError(f"{what} must be one of {', '.join(SECURITY_CHOICES)}, not '{value}'.") from None
+
+
+def _save_sent(value: str | None) -> SaveSent | None:
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        return SaveSent.parse(text)
+    except ValueError:
+        raise UserInputError(
+            f"Filing sent mail must be one of {', '.join(SAVE_SENT_CHOICES)} (or empty), not '{value}'."
+        ) from None
+
+
+def _saved_save_sent(value: Any) -> SaveSent | None:
+    try:
+        return SaveSent.parse(value) if value not in (None, "") else None
+    except ValueError:
+        log.warning("A login's saved save_sent is not one of %s; the bridge's setting applies",
+                    ", ".join(SAVE_SENT_CHOICES))
+        return None
 
 
 def _host(value: str | None, default: str, what: str) -> str:
@@ -151,7 +179,8 @@ def _port(value: str | None, default: int, what: str) -> int:
     return int(text)
 
 
-def login_fields() -> tuple[LoginField, ...]:
+def login_fields(save_sent_default: SaveSent = SaveSent.AUTO) -> tuple[LoginField, ...]:
+    """The fields of the login form; ``save_sent_default`` is the bridge's setting. Pure."""
     return (
         LoginField("email", "email address", FieldType.EMAIL, "the address you send as, e.g. alice@example.org"),
         LoginField("display_name", "display name", FieldType.TEXT, "the name people see on your mail",
@@ -168,6 +197,11 @@ def login_fields() -> tuple[LoginField, ...]:
                    options=SECURITY_CHOICES, optional=True),
         LoginField("username", "username", FieldType.USERNAME, "empty when it is your email address",
                    optional=True),
+        LoginField("save_sent", "choice for copies in Sent", FieldType.SELECT,
+                   "whether mail sent from Matrix is filed in your Sent folder: auto skips servers "
+                   "that file it themselves, such as Gmail, and mail Sent already holds; empty for "
+                   f"this bridge's setting ({save_sent_default.value})",
+                   options=SAVE_SENT_CHOICES, optional=True),
         LoginField("password", "password", FieldType.PASSWORD, "an app password if your provider has them"),
     )
 
@@ -199,7 +233,7 @@ class EmailLogin:
             StepType.USER_INPUT, STEP_ID,
             "Connect a mailbox over IMAP and SMTP. Most providers want an app password rather than "
             "your usual one.",
-            fields=login_fields(),
+            fields=login_fields(self.config.save_sent),
         )
 
     async def submit_input(self, values: dict[str, str]) -> LoginStep:

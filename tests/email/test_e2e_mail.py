@@ -190,15 +190,15 @@ async def test_login_by_chat(bridge: BridgeProcess, nio_users: Any, email_logins
     mgmt = await user.create_dm(bridge.bot_mxid)
     await user.wait_for_message(mgmt, body_has("management room"), timeout=60)
     await user.send_text(mgmt, "login email")
-    answers = email_logins.values(me, display_name="Erin E.", username="-")
+    answers = email_logins.values(me, display_name="Erin E.", username="-", save_sent="-")
     secret_event = None
     for field in ("email address", "display name", "IMAP server", "IMAP port", "IMAP security", "SMTP server",
-                  "SMTP port", "SMTP security", "username", "password"):
+                  "SMTP port", "SMTP security", "username", "choice for copies in Sent", "password"):
         await user.wait_for_message(mgmt, body_has(f"Send your {field}"), timeout=60)
         key = {"email address": "email", "display name": "display_name", "IMAP server": "imap_host",
                "IMAP port": "imap_port", "IMAP security": "imap_security", "SMTP server": "smtp_host",
                "SMTP port": "smtp_port", "SMTP security": "smtp_security", "username": "username",
-               "password": "password"}[field]
+               "choice for copies in Sent": "save_sent", "password": "password"}[field]
         event = await user.send_text(mgmt, answers[key])
         if key == "password":
             secret_event = event

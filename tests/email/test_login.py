@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bridges.core.errors import ConfigError, LoginError, UserInputError
-from bridges.core.network import FieldType, StepType
-from bridges.email.config import EmailConfig
+from bridges.core.network import FieldType, StepType, UserLoginInfo
+from bridges.email.config import EmailConfig, SaveSent
 from bridges.email.imap import Security
 from bridges.email.login import Account
 from tests.email.conn_util import login_values, make_connector
@@ -24,8 +24,10 @@ async def test_login_checks_both_servers_and_keeps_the_password_secret(
     assert first.type == StepType.USER_INPUT
     fields = {f.id: f for f in first.fields}
     assert list(fields) == ["email", "display_name", "imap_host", "imap_port", "imap_security", "smtp_host",
-                            "smtp_port", "smtp_security", "username", "password"]
+                            "smtp_port", "smtp_security", "username", "save_sent", "password"]
     assert fields["password"].is_secret and fields["email"].type == FieldType.EMAIL
+    assert fields["save_sent"].optional and fields["save_sent"].options == ("auto", "always", "never")
+    assert fields["save_sent"].default is None and "(auto)" in fields["save_sent"].description
     assert not fields["email"].optional and not fields["password"].optional
     step = await process.submit_input(login_values(mailservers, address.upper(), display_name="  Alice   Doe "))
     assert step.type == StepType.COMPLETE and step.result is not None
@@ -35,6 +37,13 @@ async def test_login_checks_both_servers_and_keeps_the_password_secret(
     assert result.metadata["sent_folder"] == "Sent" and result.metadata["display_name"] == "Alice Doe"
     assert result.metadata["imap_port"] == mailservers.imaps_port and result.metadata["smtp_security"] == "starttls"
     assert result.metadata["username"] == address
+    assert result.metadata["save_sent"] is None  # blank: the bridge's setting
+    chosen = await connector.create_login("@alice:test", "password").submit_input(
+        login_values(mailservers, address, save_sent=" Never "))
+    assert chosen.result is not None and chosen.result.metadata["save_sent"] == "never"
+    with pytest.raises(UserInputError, match="Filing sent mail"):
+        await connector.create_login("@alice:test", "password").submit_input(
+            login_values(mailservers, address, save_sent="sometimes"))
 
 
 async def test_wrong_password_then_retry(mailservers: MailServers, mail_user: tuple[str, str]) -> None:
@@ -89,6 +98,15 @@ def test_account_defaults_from_the_address() -> None:
         with pytest.raises(UserInputError):
             Account.from_input(bad)
     assert "pw" not in repr(account)
+    assert account.save_sent is None
+    assert Account.from_input({"email": "b@example.org", "password": "pw", "save_sent": "always"}).save_sent \
+        == SaveSent.ALWAYS
+    # What a login saved comes back; a login saved without it follows the bridge.
+    info = UserLoginInfo("L", "@b:test", "bob@example.org", "bob@example.org",
+                         {**account.metadata(), "save_sent": "never"}, {"password": "pw"})
+    assert Account.from_login(info).save_sent == SaveSent.NEVER
+    del info.metadata["save_sent"]
+    assert Account.from_login(info).save_sent is None
 
 
 def test_config_section() -> None:
@@ -96,7 +114,13 @@ def test_config_section() -> None:
                                     "idle_timeout": 600, "sync_folders": ["INBOX"], "initial_sync_days": 30})
     assert cfg.initial_sync_days == 30 and EmailConfig().initial_sync_days == 0
     assert cfg.initial_sync_messages == 10 and cfg.idle_timeout == 600.0 and cfg.sync_folders == ("INBOX",)
+    assert EmailConfig().save_sent == SaveSent.AUTO
+    for given, mode in ((True, SaveSent.ALWAYS), (False, SaveSent.NEVER), ("Never", SaveSent.NEVER),
+                        ("auto", SaveSent.AUTO), ("always", SaveSent.ALWAYS)):
+        assert EmailConfig.from_section({"save_sent": given}).save_sent == mode
     for section, key in (({"initial_sync_messages": "ten"}, "initial_sync_messages"),
+                         ({"save_sent": "sometimes"}, "save_sent"),
+                         ({"save_sent": 1}, "save_sent"),
                          ({"initial_sync_days": -1}, "initial_sync_days"),
                          ({"initial_sync_days": 1.5}, "initial_sync_days"),
                          ({"idle_timeout": 3600}, "idle_timeout"),

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 
 import pytest
 
 from bridges.core.errors import SendError
 from bridges.core.events import Media, MatrixMessage, MessageRef, PortalRef
+from bridges.email.client import files_sent_itself
+from bridges.email.config import SaveSent
+from bridges.email.imap import ImapConnection
+from bridges.email.smtp import SmtpSubmission
 from tests.email.conn_util import logged_in_client, make_connector
 from tests.email.util import eventually
 from tests.rig.mailservers import MailServers, simple_message
@@ -25,10 +32,17 @@ def message(p: PortalRef, body: str, **kw: object) -> MatrixMessage:
                          timestamp=1_700_000_000_000, **kw)  # type: ignore[arg-type]
 
 
-async def connected_client(mailservers: MailServers, me: str, **cfg: object):  # type: ignore[no-untyped-def]
+async def connected_client(mailservers: MailServers, me: str, login: dict[str, str] | None = None,
+                           **cfg: object):  # type: ignore[no-untyped-def]
     connector, bridge = make_connector(mailservers, **cfg)
-    client = await logged_in_client(connector, mailservers, me, display_name="Alice Martin")
+    client = await logged_in_client(connector, mailservers, me, display_name="Alice Martin", **(login or {}))
     return client, bridge
+
+
+async def sent_copies(mailservers: MailServers, me: str, message_id: str) -> list[tuple[int, set[bytes], bytes]]:
+    """The mail in ``me``'s Sent folder with this Message-ID."""
+    found = await asyncio.to_thread(mailservers.fetch_all, me, "Sent")
+    return [m for m in found if f"<{message_id}>".encode() in m[2]]
 
 
 async def test_new_thread_goes_out_and_is_filed_in_sent(mailservers: MailServers, mail_user: tuple[str, str]) -> None:
@@ -50,7 +64,7 @@ async def test_new_thread_goes_out_and_is_filed_in_sent(mailservers: MailServers
         html = mail.get_body(("html",)).get_content()
         assert "<b>if</b>" in html
         assert sent.metadata["folder"] == "Sent" and sent.metadata["message_id"] == sent.remote_id
-        (uid, flags, raw) = (await mailservers.wait_for_mail(me, "Sent"))[0]
+        ((uid, flags, raw),) = await mailservers.wait_for_mail(me, "Sent")  # once (save_sent auto)
         assert uid == sent.metadata["uid"] and b"\\Seen" in flags and sent.remote_id.encode() in raw
         # The Sent watcher sees the copy but does not bridge it back.
         await asyncio.sleep(1.0)
@@ -147,3 +161,92 @@ async def test_reading_in_matrix_sets_seen(mailservers: MailServers, mail_user: 
     flags = {uid: f for uid, f, _ in await asyncio.to_thread(mailservers.fetch_all, me)}
     assert b"\\Seen" in flags[uids[0]] and b"\\Seen" in flags[uids[1]] and b"\\Seen" not in flags[uids[2]]
     await client.disconnect()
+
+
+@pytest.fixture
+def provider_files_sent(mailservers: MailServers, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the submission server file what it sends in the sender's Sent folder, as many
+    providers do; returns the Message-IDs it filed."""
+    filed: list[str] = []
+    send = SmtpSubmission.send
+
+    async def send_and_file(self: SmtpSubmission, raw: bytes, *, sender: str, recipients: Sequence[str]) -> str:
+        answer = await send(self, raw, sender=sender, recipients=recipients)
+        await asyncio.to_thread(mailservers.append, sender, "Sent", raw, ("\\Seen",))
+        filed.append(str(BytesParser(policy=policy.default).parsebytes(raw)["Message-ID"]).strip("<>"))
+        return answer
+
+    monkeypatch.setattr(SmtpSubmission, "send", send_and_file)
+    return filed
+
+
+async def test_auto_does_not_file_a_second_copy(mailservers: MailServers, mail_user: tuple[str, str],
+                                                provider_files_sent: list[str]) -> None:
+    me, _ = mail_user
+    client, _ = await connected_client(mailservers, me)
+    assert client.save_sent == SaveSent.AUTO
+    try:
+        sent = await client.handle_matrix_message(message(portal(["hal@send.example"]), "Filed by the server"))
+        assert provider_files_sent == [sent.remote_id]
+        ((uid, _, _),) = await sent_copies(mailservers, me, sent.remote_id)
+        # The message points at the server's copy, so reading it in Matrix can mark it.
+        assert sent.metadata["folder"] == "Sent" and sent.metadata["uid"] == uid
+        assert len(await asyncio.to_thread(mailservers.fetch_all, me, "Sent")) == 1
+    finally:
+        await client.disconnect()
+
+
+async def test_always_files_a_copy_whatever_sent_holds(mailservers: MailServers, mail_user: tuple[str, str],
+                                                       provider_files_sent: list[str]) -> None:
+    me, _ = mail_user
+    client, _ = await connected_client(mailservers, me, login={"save_sent": "always"}, save_sent="never")
+    assert client.save_sent == SaveSent.ALWAYS  # the login's choice over the bridge's
+    try:
+        sent = await client.handle_matrix_message(message(portal(["ida@send.example"]), "Two copies"))
+        copies = await sent_copies(mailservers, me, sent.remote_id)
+        assert len(copies) == 2 and sent.metadata["uid"] == copies[-1][0]
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.parametrize(("login", "bridge_setting"), [({}, False), ({"save_sent": "never"}, "auto")])
+async def test_never_files_nothing(mailservers: MailServers, mail_user: tuple[str, str],
+                                   login: dict[str, str], bridge_setting: object) -> None:
+    me, _ = mail_user
+    client, _ = await connected_client(mailservers, me, login=login, save_sent=bridge_setting)
+    assert client.save_sent == SaveSent.NEVER
+    to = f"jay-{me.partition('@')[0]}@send.example"  # the sink is the session's: one recipient per test
+    sent = await client.handle_matrix_message(message(portal([to]), f"Not filed {login}"))
+    (got,) = await mailservers.sink.wait_for(to)
+    assert str(got.message["Message-ID"]).strip("<>") == sent.remote_id
+    assert await asyncio.to_thread(mailservers.fetch_all, me, "Sent") == []
+    assert "folder" not in sent.metadata
+    await client.disconnect()
+
+
+def test_servers_that_file_sent_mail_themselves() -> None:
+    assert files_sent_itself(frozenset({"IMAP4REV1", "X-GM-EXT-1", "IDLE"}))
+    assert not files_sent_itself(frozenset({"IMAP4REV1", "IDLE", "UIDPLUS", "SPECIAL-USE"}))
+
+
+async def test_auto_leaves_sent_to_gmail(mailservers: MailServers, mail_user: tuple[str, str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server announcing Gmail's extensions is left to file the mail itself."""
+    me, _ = mail_user
+    connect = ImapConnection.connect
+
+    async def connect_as_gmail(self: ImapConnection) -> None:
+        await connect(self)
+        self.capabilities = self.capabilities | {"X-GM-EXT-1"}
+
+    monkeypatch.setattr(ImapConnection, "connect", connect_as_gmail)
+    client, _ = await connected_client(mailservers, me)
+    try:
+        sent = await client.handle_matrix_message(message(portal(["kay@send.example"]), "Left to the server"))
+        await mailservers.sink.wait_for("kay@send.example")
+        assert await asyncio.to_thread(mailservers.fetch_all, me, "Sent") == []
+        assert "folder" not in sent.metadata
+        assert await client.file_sent(b"Subject: x\r\n\r\nx\r\n", "x@send.example", SaveSent.ALWAYS) is not None
+        assert len(await asyncio.to_thread(mailservers.fetch_all, me, "Sent")) == 1  # always still files
+    finally:
+        await client.disconnect()
