@@ -14,13 +14,15 @@ from ..core.events import MatrixMessage
 from . import ids
 from .convert_headers import clean_text, one_line
 from .convert_html import sanitize_html
-from .convert_mime import SAFE_NAME, decode_bytes
+from .convert_mime import SAFE_NAME
 
 __all__ = ["build_outgoing"]
 
 
 _MX_REPLY = re.compile(r"<mx-reply>.*?</mx-reply>", re.DOTALL | re.IGNORECASE)
 _MAX_REFERENCES = 20
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")  # RFC 6838 type and subtype names
+_CHARSET = re.compile(r"(?:^|[\s;])charset\s*=\s*\"?([A-Za-z0-9._:+-]{1,40})\"?", re.IGNORECASE)
 
 
 def _bracket(message_id: str) -> str | None:
@@ -83,7 +85,9 @@ def build_outgoing(
     without angle brackets). Body: plain text, with an HTML alternative when the event has a
     ``formatted_body`` (sanitised, Matrix reply fallbacks removed); an emote reads ``* name
     text`` (``sender_name``, else ``from_name``, else the address); ``msg.media`` becomes an
-    attachment (its caption, if any, the text). Raises :class:`UserInputError` for an address
+    attachment (its caption, if any, the text) holding the file's bytes unchanged in base64,
+    with its file name and MIME type (a text file's charset when given, or ``utf-8`` when it
+    decodes as such). Raises :class:`UserInputError` for an address
     that cannot be written in a header.
     """
     out = EmailMessage()
@@ -137,12 +141,32 @@ def build_outgoing(
                     subtype="html",
                 )
     if msg.media is not None:
-        maintype, _, subtype = (msg.media.mimetype or "application/octet-stream").partition("/")
-        if not subtype or "/" in subtype:
-            maintype, subtype = "application", "octet-stream"
+        maintype, subtype, charset = _media_type(msg.media.mimetype)
+        if maintype == "text" and charset is None and _is_utf8(msg.media.data):
+            charset = "utf-8"
         filename = SAFE_NAME.sub("_", msg.media.filename or "attachment").strip(" .") or "attachment"
-        if maintype == "text":
-            out.add_attachment(decode_bytes(msg.media.data, "utf-8"), subtype=subtype, filename=filename)
-        else:
-            out.add_attachment(msg.media.data, maintype=maintype, subtype=subtype, filename=filename)
+        # The file's bytes as they are, in base64, text included: its line ends and its
+        # encoding reach the correspondent unchanged.
+        out.add_attachment(msg.media.data, maintype=maintype, subtype=subtype, filename=filename,
+                           params={"charset": charset} if charset else None)
     return out
+
+
+def _media_type(value: str | None) -> tuple[str, str, str | None]:
+    """(maintype, subtype, charset) of a MIME type as Matrix gives it, parameters allowed;
+    ``application/octet-stream`` for what is not one, and for multipart and message types,
+    whose bodies MIME does not allow in base64. Pure."""
+    essence, _, params = (value or "").partition(";")
+    maintype, _, subtype = essence.strip().lower().partition("/")
+    if not _TOKEN.fullmatch(maintype) or not _TOKEN.fullmatch(subtype) or maintype in ("multipart", "message"):
+        return "application", "octet-stream", None
+    m = _CHARSET.search(params)
+    return maintype, subtype, (m.group(1).lower() if m and maintype == "text" else None)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -180,3 +180,40 @@ def test_reply_metadata_builds_the_next_reply() -> None:
     h = parse_headers(answer.as_bytes(policy=policy.SMTP))
     assert h.in_reply_to == meta["message_id"] and h.references == [meta["message_id"]]
     assert email_to_matrix(answer.as_bytes(), max_attachment_size=1000).thread_root_id == meta["message_id"]
+
+
+@pytest.mark.parametrize(("data", "mimetype", "filename", "charset"), [
+    # UTF-8 with LF line ends and no final newline kept as such
+    ("Prénom;Ville\nZoë;Kraków\n€ 12\n\nfin".encode(), "text/plain", "notes.txt", "utf-8"),
+    # Latin-1, which is not UTF-8: no charset is made up
+    ("Café crème\nNaïve façade\n".encode("latin-1"), "text/plain", "menu.txt", None),
+    # Latin-1 whose charset Matrix named, CRLF and a lone CR left as they are
+    ("a;b\r\nà;ç\rend\n".encode("latin-1"), "text/csv; charset=ISO-8859-1", "table.csv", "iso-8859-1"),
+    # A line far longer than SMTP allows, and a NUL
+    (b"x" * 5000 + b"\x00\n", "text/plain", "long.txt", "utf-8"),
+], ids=["utf8-lf", "latin1", "latin1-named-crlf-cr", "long-line-nul"])
+def test_text_file_is_attached_byte_identical(data: bytes, mimetype: str, filename: str,
+                                              charset: str | None) -> None:
+    media = Media(data=data, mimetype=mimetype, filename=filename)
+    raw = build(matrix(filename, msgtype="m.file", media=media)).as_bytes(policy=policy.SMTP)
+    assert raw.isascii() and max(len(line) for line in raw.split(b"\r\n")) <= 78
+    parsed = BytesParser(policy=policy.default).parsebytes(raw)
+    (att,) = list(parsed.iter_attachments())
+    assert att.get_payload(decode=True) == data
+    assert att["Content-Transfer-Encoding"] == "base64"
+    assert att.get_filename() == filename and att.get_content_type() == mimetype.split(";")[0]
+    assert att.get_param("charset") == charset
+    assert att.get_content_disposition() == "attachment"
+
+
+@pytest.mark.parametrize(("mimetype", "expected"), [
+    ("", "application/octet-stream"), ("nonsense", "application/octet-stream"),
+    ("text/", "application/octet-stream"), ("a/b/c", "application/octet-stream"),
+    ("multipart/mixed", "application/octet-stream"), ("message/rfc822", "application/octet-stream"),
+    ("Application/JSON", "application/json"),
+])
+def test_odd_mime_types_of_files(mimetype: str, expected: str) -> None:
+    data = b"{}\n\x00\xff"
+    parsed = reparse(build(matrix("f", msgtype="m.file", media=Media(data=data, mimetype=mimetype, filename="f"))))
+    (att,) = list(parsed.iter_attachments())
+    assert att.get_content_type() == expected and att.get_payload(decode=True) == data

@@ -98,20 +98,25 @@ async def test_reply_in_a_thread_carries_the_threading_headers(
     assert "folder" not in sent.metadata  # save_sent off
 
 
-async def test_attachment_arrives_byte_identical(mailservers: MailServers, mail_user: tuple[str, str]) -> None:
+@pytest.mark.parametrize(("data", "mimetype", "filename"), [
+    (bytes(range(256)) * 40, "application/pdf", "plan.pdf"),
+    ("Liste :\n- thé\n- café\n".encode("latin-1"), "text/plain", "courses.txt"),
+    ("Zoë;Kraków\n€;10\n".encode(), "text/csv", "prix.csv"),
+], ids=["pdf", "text-latin1", "text-utf8"])
+async def test_attachment_arrives_byte_identical(mailservers: MailServers, mail_user: tuple[str, str],
+                                                 data: bytes, mimetype: str, filename: str) -> None:
     me, _ = mail_user
     client, _ = await connected_client(mailservers, me, save_sent=False)
-    data = bytes(range(256)) * 40
-    media = Media(data=data, mimetype="application/pdf", filename="plan.pdf")
-    await client.handle_matrix_message(message(portal(["erin@send.example"]), "plan.pdf", msgtype="m.file",
-                                               media=media))
-    (got,) = await mailservers.sink.wait_for("erin@send.example")
+    to = f"erin-{me.partition('@')[0]}@send.example"
+    media = Media(data=data, mimetype=mimetype, filename=filename)
+    await client.handle_matrix_message(message(portal([to]), filename, msgtype="m.file", media=media))
+    (got,) = await mailservers.sink.wait_for(to)
     attachments = list(got.message.iter_attachments())
     assert len(attachments) == 1
     att = attachments[0]
     assert isinstance(att, EmailMessage)
-    assert att.get_filename() == "plan.pdf" and att.get_content_type() == "application/pdf"
-    assert att.get_content() == data
+    assert att.get_filename() == filename and att.get_content_type() == mimetype
+    assert att.get_payload(decode=True) == data
 
 
 async def test_refused_recipient_is_a_clear_error(mailservers: MailServers, mail_user: tuple[str, str]) -> None:
