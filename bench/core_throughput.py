@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import sqlite3
 
-from harness import wait_bridged, report, raw_send_rate, start, stop, timed
+from harness import raw_send_rate, report, result, start, stop, timed, wait_bridged
 
 from tests.fakes.remote import FakeRemote
 
@@ -51,11 +51,10 @@ async def main(rooms: int, per_room: int, runs: int) -> None:
                         remote.push("bench", f"dm:c{r}", f"c{r}", f"run {run} message {i}")
                 await wait_bridged(db, login_id, done + n)
 
-            rate, b_cpu, s_cpu = await timed(setup, n, bridged)
+            timing = await timed(setup, n, bridged)
             done += n
             raw, _, raw_s_cpu = await raw_send_rate(setup, room_ghost, per_room)
-            results.append({"bridged_rate": rate, "raw_rate": raw, "bridge_cpu": b_cpu, "synapse_cpu": s_cpu,
-                            "raw_synapse_cpu": raw_s_cpu})
+            results.append(result(timing, raw, raw_s_cpu))
         report(f"core_throughput ({rooms} rooms × {per_room} messages, fake network)", results)
     finally:
         await stop(setup)

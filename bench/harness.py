@@ -39,6 +39,12 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / CLOCK_TICKS
 
 
+def homeserver_events(synapse: Synapse) -> int:
+    """Events the homeserver has stored so far, of every kind (its SQLite database, read-only)."""
+    with sqlite3.connect(f"file:{synapse.workdir / 'homeserver.db'}?mode=ro", uri=True, timeout=5) as conn:
+        return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+
 def bridged_count(db: str, login_id: str) -> int:
     """Remote messages of a login bridged so far (read from the bridge's SQLite database)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
@@ -46,10 +52,19 @@ def bridged_count(db: str, login_id: str) -> int:
 
 
 async def wait_bridged(db: str, login_id: str, target: int, timeout: float = 1800) -> None:
-    deadline = time.monotonic() + timeout
-    while bridged_count(db, login_id) < target:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {bridged_count(db, login_id)} of {target} messages bridged")
+    """Poll until ``target`` messages of the login are bridged. With BENCH_PROGRESS=1, print the
+    count every second (to see where a run spends its time)."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    progress = bool(os.environ.get("BENCH_PROGRESS"))
+    shown = 0.0
+    while (count := bridged_count(db, login_id)) < target:
+        now = time.monotonic()
+        if now > deadline:
+            raise TimeoutError(f"only {count} of {target} messages bridged")
+        if progress and now - shown >= 1:
+            shown = now
+            print(f"  {now - t0:6.1f} s: {count} bridged", flush=True)
         await asyncio.sleep(0.1)
 
 
@@ -65,7 +80,7 @@ async def start(networks: dict[str, dict[str, Any]], tmp: Path | None = None) ->
     port = free_port()
     cfg = make_bridge_config(tmp / "bridge", tag="b", domain=DOMAIN, homeserver_url=f"http://127.0.0.1:{port}",
                              db_url=None, networks=networks)
-    cfg.set("logging.level", "WARNING")
+    cfg.set("logging.level", os.environ.get("BENCH_BRIDGE_LOG", "WARNING"))
     cfg.save()
     synapse = Synapse(tmp / "synapse", server_name=DOMAIN, port=port, log_level=os.environ.get("BENCH_SYNAPSE_LOG", "WARNING"),
                       appservice_files=[tmp / "bridge" / "appservice.yaml"])
@@ -125,16 +140,37 @@ async def raw_send_rate(setup: Setup, rooms: dict[str, str], per_room: int) -> t
     return n / elapsed, 0.0, (cpu_seconds(syn_pid) - cpu0) / n
 
 
-async def timed(setup: Setup, n: int, run: Callable[[], Awaitable[None]]) -> tuple[float, float, float]:
-    """Run ``run`` (which returns once ``n`` messages are bridged); returns (rate, bridge CPU
-    s/message, Synapse CPU s/message)."""
-    assert setup.bridge.proc is not None
-    b_pid, s_pid = setup.bridge.proc.pid, setup.synapse.pid
-    b0, s0 = cpu_seconds(b_pid), cpu_seconds(s_pid)
+@dataclass
+class Timing:
+    rate: float  # messages per second
+    bridge_cpu: float  # bridge CPU seconds per message
+    synapse_cpu: float  # Synapse CPU seconds per message
+    hs_event_rate: float  # events of every kind the homeserver stored per second (messages, room state)
+
+
+async def timed(setup: Setup, n: int, run: Callable[[], Awaitable[None]], *, restart: bool = False) -> Timing:
+    """Run ``run`` (which returns once ``n`` messages are bridged) and time it. With ``restart``
+    the bridge is stopped and is started inside the timing (its start-up counts)."""
+    s_pid = setup.synapse.pid
+    if restart:
+        await setup.bridge.stop()
+    e0, s0 = homeserver_events(setup.synapse), cpu_seconds(s_pid)
     t0 = time.perf_counter()
+    if restart:
+        await setup.bridge.start()
+    assert setup.bridge.proc is not None
+    b_pid = setup.bridge.proc.pid
+    b0 = 0.0 if restart else cpu_seconds(b_pid)
     await run()
     elapsed = time.perf_counter() - t0
-    return n / elapsed, (cpu_seconds(b_pid) - b0) / n, (cpu_seconds(s_pid) - s0) / n
+    return Timing(n / elapsed, (cpu_seconds(b_pid) - b0) / n, (cpu_seconds(s_pid) - s0) / n,
+                  (homeserver_events(setup.synapse) - e0) / elapsed)
+
+
+def result(t: Timing, raw_rate: float, raw_synapse_cpu: float) -> dict[str, float]:
+    """One run's figures, as ``report`` reads them."""
+    return {"bridged_rate": t.rate, "raw_rate": raw_rate, "bridge_cpu": t.bridge_cpu, "synapse_cpu": t.synapse_cpu,
+            "raw_synapse_cpu": raw_synapse_cpu, "hs_event_rate": t.hs_event_rate}
 
 
 def report(name: str, runs: list[dict[str, float]]) -> None:
@@ -143,6 +179,9 @@ def report(name: str, runs: list[dict[str, float]]) -> None:
     print(f"  bridged:  {med['bridged_rate']:8.1f} messages/s")
     print(f"  baseline: {med['raw_rate']:8.1f} events/s (appservice sending pre-built events, same rooms)")
     print(f"  ratio bridged/baseline: {med['bridged_rate'] / med['raw_rate']:.2f}")
+    if "hs_event_rate" in med:
+        print(f"  homeserver events stored per second while bridging (messages and room state): "
+              f"{med['hs_event_rate']:.1f}, ratio to baseline {med['hs_event_rate'] / med['raw_rate']:.2f}")
     print(f"  CPU per message: bridge {med['bridge_cpu'] * 1000:.1f} ms, Synapse {med['synapse_cpu'] * 1000:.1f} ms"
           f" (bridge/Synapse {med['bridge_cpu'] / med['synapse_cpu']:.2f}); Synapse per baseline event "
           f"{med['raw_synapse_cpu'] * 1000:.1f} ms")

@@ -200,9 +200,7 @@ class Bridge:
             METRICS.logins.labels(row.network, row.state).inc()
 
     async def is_bridged(self, login_id: str, remote_id: str) -> bool:
-        return await self.store.messages.exists(login_id, remote_id) or await self.store.inbox.contains(
-            login_id, remote_id
-        )
+        return await self.store.messages.exists_or_queued(login_id, remote_id)
 
     def register_webhook(self, network: str, handler: WebhookHandler) -> str:
         self._webhooks[network] = handler

@@ -28,38 +28,18 @@ class InboxRow:
 class Inbox(Table):
     async def add(self, login_id: str, portal_id: str, kind: str, remote_id: str, payload: str) -> int | None:
         """Store an event; None when (login, kind, remote_id) is already waiting."""
-        conn: Connection
-        async with self.db.acquire() as conn, conn.transaction():
-            exists = await conn.fetchval(
-                "SELECT 1 FROM remote_inbox WHERE login_id=$1 AND kind=$2 AND remote_id=$3",
-                login_id, kind, remote_id,
-            )
-            if exists:
-                return None
-            await conn.execute(
-                "INSERT INTO remote_inbox (login_id, portal_id, kind, remote_id, payload, attempts, created_at) "
-                "VALUES ($1,$2,$3,$4,$5,0,$6)",
-                login_id, portal_id, kind, remote_id, payload, now_ms(),
-            )
-            return int(
-                await conn.fetchval(
-                    "SELECT id FROM remote_inbox WHERE login_id=$1 AND kind=$2 AND remote_id=$3",
-                    login_id, kind, remote_id,
-                )
-            )
+        row_id = await self.db.fetchval(
+            "INSERT INTO remote_inbox (login_id, portal_id, kind, remote_id, payload, attempts, created_at) "
+            "VALUES ($1,$2,$3,$4,$5,0,$6) ON CONFLICT (login_id, kind, remote_id) DO NOTHING RETURNING id",
+            login_id, portal_id, kind, remote_id, payload, now_ms(),
+        )
+        return None if row_id is None else int(row_id)
 
     async def pending(self) -> list[InboxRow]:
         rows = await self.db.fetch(
             "SELECT id, login_id, portal_id, kind, remote_id, payload, attempts FROM remote_inbox ORDER BY id"
         )
         return [InboxRow(**dict(r)) for r in rows]
-
-    async def contains(self, login_id: str, remote_id: str) -> bool:
-        return bool(
-            await self.db.fetchval(
-                "SELECT 1 FROM remote_inbox WHERE login_id=$1 AND remote_id=$2 LIMIT 1", login_id, remote_id
-            )
-        )
 
     async def delete(self, row_id: int, conn: Connection | None = None) -> None:
         await (conn or self.db).execute("DELETE FROM remote_inbox WHERE id=$1", row_id)

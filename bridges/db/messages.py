@@ -75,6 +75,16 @@ class Messages(Table):
             )
         )
 
+    async def exists_or_queued(self, login_id: str, remote_id: str) -> bool:
+        """True when the message is bridged or waiting in the remote inbox (one query)."""
+        return bool(
+            await self.db.fetchval(
+                "SELECT 1 FROM message WHERE login_id=$1 AND remote_id=$2 "
+                "UNION ALL SELECT 1 FROM remote_inbox WHERE login_id=$1 AND remote_id=$2 LIMIT 1",
+                login_id, remote_id,
+            )
+        )
+
     async def up_to(self, room_mxid: str, timestamp: int, limit: int = 200) -> list[MessageRow]:
         """The room's bridged messages at or before ``timestamp``, newest first."""
         rows = await self.db.fetch(

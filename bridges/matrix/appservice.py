@@ -24,7 +24,8 @@ from aiohttp import web
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
-from mautrix.errors import DecryptionError, MatrixConnectionError, MatrixRequestError
+from mautrix.client import ClientAPI
+from mautrix.errors import DecryptionError, MatrixConnectionError, MatrixRequestError, MForbidden
 from mautrix.types import (
     Event,
     EventType,
@@ -43,6 +44,10 @@ log = logging.getLogger("caliopen.matrix")
 
 EventSink = Callable[[IncomingEvent], Awaitable[None]]
 MembershipSink = Callable[[StateEvent], Awaitable[None]]
+
+# Portal rooms created at once. Creating a room is a dozen state events at the homeserver; a
+# burst of fifty in parallel makes every one of them wait for all the others.
+ROOM_CREATION_CONCURRENCY = 4
 
 
 class _AppService(AppService):
@@ -118,6 +123,14 @@ class MatrixSide:
         self.on_event: EventSink | None = None
         self.on_bot_invite: Callable[[str, str, bool], Awaitable[None]] | None = None
         self._encrypted_rooms: dict[str, bool] = {}
+        # Hot-path caches: building an IntentAPI is costly, and asking the state store whether
+        # a ghost is in a room is a query per message. Both are kept here; a ghost's entry goes
+        # when a membership event says it left (or the homeserver refuses its message).
+        self._intents: dict[str, IntentAPI] = {}
+        self._ghost_in_room: set[tuple[str, str]] = set()
+        # Rooms are created a few at a time: the first portals open (and their messages flow)
+        # while the others wait, instead of all finishing together at the end of a burst.
+        self._room_creation = asyncio.Semaphore(ROOM_CREATION_CONCURRENCY)
         self._ready = asyncio.Event()
         self._az_started = self._crypto_started = False
 
@@ -206,6 +219,8 @@ class MatrixSide:
             if evt.type == EventType.ROOM_ENCRYPTION:
                 self._encrypted_rooms[evt.room_id] = True
             if evt.type == EventType.ROOM_MEMBER:
+                if evt.content.membership != Membership.JOIN:
+                    self._ghost_in_room.discard((evt.room_id, evt.state_key))
                 await self.crypto.handle_member_event(evt)
                 if (evt.state_key == self.bot_mxid and evt.content.membership == Membership.INVITE
                         and self.on_bot_invite):
@@ -247,10 +262,19 @@ class MatrixSide:
 
     @property
     def bot_intent(self) -> IntentAPI:
-        return self.az.intent.user(self.bot_mxid)
+        return self.intent(self.bot_mxid)
 
     def intent(self, mxid: str) -> IntentAPI:
-        return self.az.intent.user(mxid)
+        intent = self._intents.get(mxid)
+        if intent is None:
+            intent = self._intents[mxid] = self.az.intent.user(mxid)
+        return intent
+
+    async def _ensure_ghost_joined(self, room_id: str, mxid: str) -> None:
+        if (room_id, mxid) in self._ghost_in_room:
+            return
+        await self.intent(mxid).ensure_joined(room_id, bot=self.bot_intent)
+        self._ghost_in_room.add((room_id, mxid))
 
     async def ensure_ghost(self, mxid: str, displayname: str | None, avatar_url: str | None = None) -> None:
         intent = self.intent(mxid)
@@ -277,10 +301,11 @@ class MatrixSide:
                                   "content": {"via": [self.domain], "canonical": True}})
         power = {"users": {**{g: 50 for g in ghosts}, **{u: 50 for u in invite}},
                  "events": {"m.room.encryption": 100, "m.room.power_levels": 100, "m.room.tombstone": 100}}
-        room_id = await bot.create_room(
-            name=name, topic=topic, is_direct=is_direct, invitees=list(invite) + list(ghosts),
-            initial_state=initial_state, preset=RoomCreatePreset.PRIVATE, power_level_override=power,
-        )
+        async with self._room_creation:
+            room_id = await bot.create_room(
+                name=name, topic=topic, is_direct=is_direct, invitees=list(invite) + list(ghosts),
+                initial_state=initial_state, preset=RoomCreatePreset.PRIVATE, power_level_override=power,
+            )
         if encrypted:
             self._encrypted_rooms[room_id] = True
             await self.state_store.set_encryption_info(room_id, {"algorithm": "m.megolm.v1.aes-sha2"})
@@ -288,7 +313,7 @@ class MatrixSide:
         for user in invite:
             await self.state_store.set_membership(room_id, user, Membership.INVITE)
         for ghost in ghosts:
-            await self.intent(ghost).ensure_joined(room_id, bot=bot)
+            await self._ensure_ghost_joined(room_id, ghost)
         return room_id
 
     async def create_space(self, *, name: str, topic: str | None, invite: list[str]) -> str:
@@ -310,7 +335,7 @@ class MatrixSide:
             await self.load_room_state(room_id)
             return
         if self.crypto.is_ghost(mxid):
-            await self.intent(mxid).ensure_joined(room_id, bot=self.bot_intent)
+            await self._ensure_ghost_joined(room_id, mxid)
             return
         member = await self.state_store.get_membership(room_id, mxid)
         if member not in (Membership.JOIN, Membership.INVITE):
@@ -331,15 +356,21 @@ class MatrixSide:
                    txn_id: str | None = None, timestamp: int | None = None) -> str:
         intent = self.intent(sender)
         etype = EventType.find(event_type, t_class=EventType.Class.MESSAGE)
+        if sender != self.bot_mxid and self.crypto.is_ghost(sender):
+            await self._ensure_ghost_joined(room_id, sender)
         if await self.is_encrypted(room_id):
-            if sender != self.bot_mxid:
-                await intent.ensure_joined(room_id, bot=self.bot_intent)
             encrypted = await self.crypto.encrypt(room_id, etype, content)
             etype, content = EventType.ROOM_ENCRYPTED, encrypted
         kwargs: dict[str, Any] = {}
         if timestamp:
             kwargs["timestamp"] = timestamp
-        return await intent.send_message_event(room_id, etype, content, txn_id=txn_id, **kwargs)
+        # ClientAPI's send, not IntentAPI's: the intent's power-level pre-check costs three
+        # state-store queries per message, and the homeserver checks the same thing anyway.
+        try:
+            return await ClientAPI.send_message_event(intent, room_id, etype, content, txn_id=txn_id, **kwargs)
+        except MForbidden:
+            self._ghost_in_room.discard((room_id, sender))
+            raise
 
     async def upload(self, room_id: str, media: Media, *, encrypted: bool) -> dict[str, Any]:
         data = media.data

@@ -215,3 +215,24 @@ async def test_secrets_are_not_in_the_database_file(bridge, fake_remote):
     assert account.encode() in raw  # the login is there...
     assert password.encode() not in raw  # ...but not its password
     assert password not in bridge.log_text()
+
+
+async def test_a_ghost_removed_from_its_room_is_joined_again(bridge, nio_users, fake_remote):
+    """The bridge remembers which ghosts are in which rooms; a removal (seen in a transaction or
+    as the homeserver refusing the message) makes it join the ghost again, and nothing is lost."""
+    user = await nio_users("kick")
+    mgmt, account = await login_via_chat(user, bridge, fake_remote)
+    fake_remote.push(account, "dm:hugo", "hugo", "before the kick")
+    room = await user.wait_for_invite(direct)
+    first = await user.wait_for_message(room, body_is("before the kick"))
+    ghost = first["sender"]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{bridge.config['homeserver.address']}/_matrix/client/v3/rooms/{room}/kick",
+                             params={"user_id": bridge.bot_mxid}, json={"user_id": ghost, "reason": "test"},
+                             headers={"Authorization": f"Bearer {bridge.config['appservice.as_token']}"}) as r:
+            assert r.status == 200, await r.text()
+    await user.wait_for_member(room, ghost, "leave")
+    fake_remote.push(account, "dm:hugo", "hugo", "after the kick")
+    after = await user.wait_for_message(room, body_is("after the kick"))
+    assert after["sender"] == ghost
+    await user.wait_for_member(room, ghost, "join")
