@@ -1,6 +1,6 @@
 """How fast the core bridges remote messages into encrypted rooms, against the homeserver.
 
-    .venv/bin/python bench/core_throughput.py [--rooms 10] [--per-room 30] [--runs 3]
+    .venv/bin/python bench/core_throughput.py [--rooms 10] [--per-room 30] [--runs 3] [--synapse-db postgres|sqlite]
 
 The fake network delivers ``rooms × per_room`` messages; the bridge stores each in its inbox,
 converts it, encrypts it and sends it as the ghost. The baseline, measured in the same run on
@@ -14,15 +14,16 @@ import argparse
 import asyncio
 import sqlite3
 
-from harness import raw_send_rate, report, result, start, stop, timed, wait_bridged
+from harness import add_synapse_db_option, raw_send_rate, report, result, start, stop, timed, wait_bridged
 
 from tests.fakes.remote import FakeRemote
 
 
-async def main(rooms: int, per_room: int, runs: int) -> None:
+async def main(rooms: int, per_room: int, runs: int, synapse_db: str) -> None:
     remote = FakeRemote()
     await remote.start()
-    setup = await start({"fake": {"enabled": True, "module": "tests.fakes.network", "remote_url": remote.url}})
+    setup = await start({"fake": {"enabled": True, "module": "tests.fakes.network", "remote_url": remote.url}},
+                        synapse_db=synapse_db)
     try:
         bridge = setup.bridge
         db = bridge.config["database.url"].removeprefix("sqlite://")
@@ -66,5 +67,6 @@ if __name__ == "__main__":
     p.add_argument("--rooms", type=int, default=10)
     p.add_argument("--per-room", type=int, default=30)
     p.add_argument("--runs", type=int, default=3)
+    add_synapse_db_option(p)
     a = p.parse_args()
-    asyncio.run(main(a.rooms, a.per_room, a.runs))
+    asyncio.run(main(a.rooms, a.per_room, a.runs, a.synapse_db))

@@ -1,7 +1,7 @@
 """How fast a mailbox imports into encrypted rooms, against the homeserver's own rate.
 
     .venv/bin/python bench/email_import.py [--messages 2000] [--correspondents 50] [--runs 3]
-                                           [--no-catch-up]
+                                           [--no-catch-up] [--synapse-db postgres|sqlite]
 
 Each run fills a fresh Dovecot mailbox with ``messages`` mails from ``correspondents`` people
 (one room each), logs a new Matrix user in to it, and times the first sync until every mail is
@@ -27,7 +27,7 @@ import sqlite3
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from harness import Setup, raw_send_rate, report, result, start, stop, timed, wait_bridged
+from harness import Setup, add_synapse_db_option, raw_send_rate, report, result, start, stop, timed, wait_bridged
 
 from tests.rig.mailservers import MailServers
 
@@ -99,7 +99,7 @@ async def one_run(setup: Setup, servers: MailServers, run: int, n: int, correspo
     return out
 
 
-async def main(n: int, correspondents: int, runs: int, catch_up: bool) -> None:
+async def main(n: int, correspondents: int, runs: int, catch_up: bool, synapse_db: str) -> None:
     import tempfile
     from pathlib import Path
 
@@ -108,7 +108,8 @@ async def main(n: int, correspondents: int, runs: int, catch_up: bool) -> None:
     servers.start()
     try:
         setup = await start({"email": {"enabled": True, "tls_ca_file": str(servers.ca_file),
-                                       "initial_sync_messages": n + 10, "verify_dkim": False}}, tmp / "stack")
+                                       "initial_sync_messages": n + 10, "verify_dkim": False}}, tmp / "stack",
+                            synapse_db)
         try:
             results = [await one_run(setup, servers, run, n, correspondents, catch_up) for run in range(runs)]
             report(f"email_import, first sync ({n} mails, {correspondents} correspondents: rooms are created "
@@ -129,5 +130,6 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-catch-up", dest="catch_up", action="store_false",
                    help="measure the first sync only, not the catch-up after a stop")
+    add_synapse_db_option(p)
     a = p.parse_args()
-    asyncio.run(main(a.messages, a.correspondents, a.runs, a.catch_up))
+    asyncio.run(main(a.messages, a.correspondents, a.runs, a.catch_up, a.synapse_db))

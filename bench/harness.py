@@ -8,6 +8,7 @@ per-portal queues). The ratio, not the absolute rate, is what matters on a noisy
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import sqlite3
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import aiohttp
+import asyncpg
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bridges.sandbox.synapse import Synapse, free_port  # noqa: E402
 from tests.rig.bridge import BridgeProcess, make_bridge_config  # noqa: E402
+from tests.rig.postgres import PostgresServer  # noqa: E402
 
 DOMAIN = "caliopen.localhost"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,10 +42,17 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / CLOCK_TICKS
 
 
-def homeserver_events(synapse: Synapse) -> int:
-    """Events the homeserver has stored so far, of every kind (its SQLite database, read-only)."""
-    with sqlite3.connect(f"file:{synapse.workdir / 'homeserver.db'}?mode=ro", uri=True, timeout=5) as conn:
-        return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+async def homeserver_events(setup: Setup) -> int:
+    """Events the homeserver has stored so far, of every kind (read from its database)."""
+    if setup.postgres is not None:
+        conn = await asyncpg.connect(setup.postgres.url("synapse"))
+        try:
+            return int(await conn.fetchval("SELECT COUNT(*) FROM events"))
+        finally:
+            await conn.close()
+    db = setup.synapse.workdir / "homeserver.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
 
 def bridged_count(db: str, login_id: str) -> int:
@@ -73,26 +83,44 @@ class Setup:
     synapse: Synapse
     bridge: BridgeProcess
     tmp: Path
+    postgres: PostgresServer | None = None  # Synapse's database when it is PostgreSQL
 
 
-async def start(networks: dict[str, dict[str, Any]], tmp: Path | None = None) -> Setup:
+def add_synapse_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--synapse-db", choices=["postgres", "sqlite"], default="postgres",
+                        help="Synapse's database: PostgreSQL with its durability settings, as in production "
+                             "(default; needs the bench extra: pip install -e '.[bench]'), or SQLite")
+
+
+async def start(networks: dict[str, dict[str, Any]], tmp: Path | None = None, synapse_db: str = "postgres") -> Setup:
     tmp = tmp or Path(tempfile.mkdtemp(prefix="caliopen-bench-"))
     port = free_port()
     cfg = make_bridge_config(tmp / "bridge", tag="b", domain=DOMAIN, homeserver_url=f"http://127.0.0.1:{port}",
                              db_url=None, networks=networks)
     cfg.set("logging.level", os.environ.get("BENCH_BRIDGE_LOG", "WARNING"))
     cfg.save()
+    postgres, database = None, None
+    if synapse_db == "postgres":
+        # As a homeserver runs in production: PostgreSQL with its durability settings kept.
+        postgres = PostgresServer(tmp / "postgres", durable=True)
+        await postgres.start()
+        await postgres.create_database("synapse")
+        database = {"name": "psycopg2", "args": {"user": postgres.user, "host": postgres.host, "port": postgres.port,
+                                                 "database": "synapse", "cp_min": 5, "cp_max": 10}}
+    print(f"Synapse on {'PostgreSQL (fsync and synchronous commit on)' if postgres else 'SQLite'}", flush=True)
     synapse = Synapse(tmp / "synapse", server_name=DOMAIN, port=port, log_level=os.environ.get("BENCH_SYNAPSE_LOG", "WARNING"),
-                      appservice_files=[tmp / "bridge" / "appservice.yaml"])
+                      appservice_files=[tmp / "bridge" / "appservice.yaml"], database=database)
     await synapse.start()
     bridge = BridgeProcess(cfg)
     await bridge.start()
-    return Setup(synapse, bridge, tmp)
+    return Setup(synapse, bridge, tmp, postgres)
 
 
 async def stop(setup: Setup) -> None:
     await setup.bridge.stop()
     await setup.synapse.stop()
+    if setup.postgres is not None:
+        await setup.postgres.stop()
 
 
 async def bridged_event_content(setup: Setup, room: str) -> dict[str, Any]:
@@ -154,7 +182,7 @@ async def timed(setup: Setup, n: int, run: Callable[[], Awaitable[None]], *, res
     s_pid = setup.synapse.pid
     if restart:
         await setup.bridge.stop()
-    e0, s0 = homeserver_events(setup.synapse), cpu_seconds(s_pid)
+    e0, s0 = await homeserver_events(setup), cpu_seconds(s_pid)
     t0 = time.perf_counter()
     if restart:
         await setup.bridge.start()
@@ -164,7 +192,7 @@ async def timed(setup: Setup, n: int, run: Callable[[], Awaitable[None]], *, res
     await run()
     elapsed = time.perf_counter() - t0
     return Timing(n / elapsed, (cpu_seconds(b_pid) - b0) / n, (cpu_seconds(s_pid) - s0) / n,
-                  (homeserver_events(setup.synapse) - e0) / elapsed)
+                  (await homeserver_events(setup) - e0) / elapsed)
 
 
 def result(t: Timing, raw_rate: float, raw_synapse_cpu: float) -> dict[str, float]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from mautrix.appservice import AppService
 from mautrix.client import Client, InternalEventType
-from mautrix.crypto import OlmMachine, PgCryptoStore
+from mautrix.crypto import OlmMachine, OutboundGroupSession, PgCryptoStore
 from mautrix.errors import EncryptionError, SessionNotFound
 from mautrix.types import (
     EncryptedEvent,
@@ -31,6 +31,7 @@ from mautrix.types import (
     MessageEvent,
     RoomEventFilter,
     RoomFilter,
+    RoomID,
     StateEvent,
     StateFilter,
     TrustState,
@@ -40,6 +41,44 @@ from mautrix.util.async_db import Database
 log = logging.getLogger("caliopen.matrix.crypto")
 
 PICKLE_KEY = "caliopen.matrix.crypto"
+
+
+class _CryptoStore(PgCryptoStore):
+    """mautrix's store, with each room's outbound group session also kept in memory.
+
+    Every message the bridge sends reads its room's session; without this that is a query and
+    an unpickling per message. Writes still go to the database first (write-through), so a
+    restart finds the same state. One bridge process owns the store.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._outbound: dict[str, OutboundGroupSession] = {}
+
+    async def get_outbound_group_session(self, room_id: RoomID) -> OutboundGroupSession | None:
+        session = self._outbound.get(room_id)
+        if session is None:
+            session = await super().get_outbound_group_session(room_id)
+            if session is not None:
+                self._outbound[room_id] = session
+        return session
+
+    async def add_outbound_group_session(self, session: OutboundGroupSession) -> None:
+        await super().add_outbound_group_session(session)
+        self._outbound[session.room_id] = session
+
+    async def update_outbound_group_session(self, session: OutboundGroupSession) -> None:
+        await super().update_outbound_group_session(session)
+        self._outbound[session.room_id] = session
+
+    async def remove_outbound_group_session(self, room_id: RoomID) -> None:
+        self._outbound.pop(room_id, None)
+        await super().remove_outbound_group_session(room_id)
+
+    async def remove_outbound_group_sessions(self, rooms: list[RoomID]) -> None:
+        for room_id in rooms:
+            self._outbound.pop(room_id, None)
+        await super().remove_outbound_group_sessions(rooms)
 
 
 class Crypto:
@@ -56,7 +95,7 @@ class Crypto:
         self.crypto_db = Database.create(
             str(db.url), upgrade_table=PgCryptoStore.upgrade_table, log=logging.getLogger("mau.crypto.db")
         )
-        self.store = PgCryptoStore("", PICKLE_KEY, self.crypto_db)
+        self.store = _CryptoStore("", PICKLE_KEY, self.crypto_db)
         self.client = Client(
             base_url=homeserver_url,
             mxid=bot_mxid,

@@ -105,8 +105,11 @@ class Synapse:
         appservice_files: Sequence[Path] = (),
         experimental_appservice_e2ee: bool = False,
         log_level: str = "WARNING",
+        database: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
+        # Synapse's ``database`` section; None is SQLite in the workdir.
+        self.database = database
         self.server_name = server_name
         self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -166,7 +169,7 @@ class Synapse:
                     "resources": [{"names": ["client"], "compress": False}],
                 }
             ],
-            "database": {
+            "database": self.database or {
                 "name": "sqlite3",
                 "args": {"database": str(self.workdir / "homeserver.db")},
             },

@@ -97,8 +97,11 @@ class PostgresServer:
     Use :meth:`start`, then :meth:`create_database` for each test database, then :meth:`stop`.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+        """``durable``: keep PostgreSQL's own fsync and synchronous commit (benchmarks); tests
+        turn them off, since their data is thrown away."""
         self.workdir = Path(workdir).resolve()
+        self.durable = durable
         self.datadir = self.workdir / "data"
         self.logfile = self.workdir / "postgres.log"
         self.host = "127.0.0.1"
@@ -177,9 +180,8 @@ class PostgresServer:
                 "-h", self.host,
                 "-p", str(self.port),
                 "-k", str(self.socket_dir),
-                "-c", "fsync=off",
-                "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off",
+                *(() if self.durable else ("-c", "fsync=off", "-c", "synchronous_commit=off",
+                                           "-c", "full_page_writes=off")),
                 "-c", "max_connections=200",
                 "-c", "log_min_messages=warning",
                 stdin=asyncio.subprocess.DEVNULL,
