@@ -154,10 +154,7 @@ async def raw_send_rate(setup: Setup, rooms: dict[str, str], per_room: int) -> t
         async def one_room(room: str, ghost: str) -> None:
             for i in range(per_room):
                 url = f"{setup.synapse.url}/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/{uuid.uuid4().hex}"
-                params = {"user_id": ghost}
-                if os.environ.get("BENCH_RAW_TS"):
-                    params["ts"] = str(int(time.time() * 1000))
-                async with http.put(url, json=contents[room], params=params,
+                async with http.put(url, json=contents[room], params={"user_id": ghost},
                                     headers={"Authorization": f"Bearer {token}"}) as r:
                     assert r.status == 200, await r.text()
 
@@ -166,6 +163,55 @@ async def raw_send_rate(setup: Setup, rooms: dict[str, str], per_room: int) -> t
         elapsed = time.perf_counter() - t0
     n = per_room * len(rooms)
     return n / elapsed, 0.0, (cpu_seconds(syn_pid) - cpu0) / n
+
+
+async def raw_rooms_and_send_rate(setup: Setup, user: str, rooms: dict[str, str], per_room: int) -> tuple[float, float]:
+    """The first-sync baseline: what the homeserver does for a first sync, done by the bare
+    appservice. For each ghost of ``rooms`` (room ID → ghost), a new room made as the bridge
+    makes a portal (same request, at most as many at once, the ghost joined, a child of a
+    space), then ``per_room`` pre-built encrypted events from that ghost, one room's events in
+    order. Returns (messages per second, Synapse CPU s/message)."""
+    from bridges.matrix.appservice import ROOM_CREATION_CONCURRENCY
+
+    cfg = setup.bridge.config
+    hs, bot = setup.synapse.url, cfg.bot_mxid
+    headers = {"Authorization": f"Bearer {cfg['appservice.as_token']}"}
+    contents = {room: await bridged_event_content(setup, room) for room in rooms}
+    creating = asyncio.Semaphore(ROOM_CREATION_CONCURRENCY)
+    syn_pid = setup.synapse.pid
+    cpu0 = cpu_seconds(syn_pid)
+    async with aiohttp.ClientSession() as http:
+        async def call(method: str, path: str, as_user: str, body: dict[str, Any]) -> dict[str, Any]:
+            async with http.request(method, f"{hs}/_matrix/client/v3{path}", json=body, params={"user_id": as_user},
+                                    headers=headers) as r:
+                assert r.status == 200, await r.text()
+                return dict(await r.json())
+
+        async def one_room(old_room: str, ghost: str) -> None:
+            power = {"users": {ghost: 50, user: 50},
+                     "events": {"m.room.encryption": 100, "m.room.power_levels": 100, "m.room.tombstone": 100}}
+            async with creating:
+                room = (await call("POST", "/createRoom", bot, {
+                    "visibility": "private", "preset": "private_chat", "name": f"Baseline {ghost}", "topic": ghost,
+                    "is_direct": True, "invite": [user, ghost], "power_level_content_override": power,
+                    "initial_state": [
+                        {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+                        {"type": "m.space.parent", "state_key": space, "content": {"via": [DOMAIN], "canonical": True}},
+                    ],
+                }))["room_id"]
+                await call("POST", f"/join/{room}", ghost, {})
+            await call("PUT", f"/rooms/{space}/state/m.space.child/{room}", bot, {"via": [DOMAIN]})
+            for _ in range(per_room):
+                await call("PUT", f"/rooms/{room}/send/m.room.encrypted/{uuid.uuid4().hex}", ghost, contents[old_room])
+
+        t0 = time.perf_counter()
+        space = (await call("POST", "/createRoom", bot, {
+            "visibility": "private", "preset": "private_chat", "name": "Baseline space", "invite": [user],
+            "creation_content": {"type": "m.space"}}))["room_id"]
+        await asyncio.gather(*(one_room(room, ghost) for room, ghost in rooms.items()))
+        elapsed = time.perf_counter() - t0
+    n = per_room * len(rooms)
+    return n / elapsed, (cpu_seconds(syn_pid) - cpu0) / n
 
 
 @dataclass
@@ -207,6 +253,9 @@ def report(name: str, runs: list[dict[str, float]]) -> None:
     print(f"  bridged:  {med['bridged_rate']:8.1f} messages/s")
     print(f"  baseline: {med['raw_rate']:8.1f} events/s (appservice sending pre-built events, same rooms)")
     print(f"  ratio bridged/baseline: {med['bridged_rate'] / med['raw_rate']:.2f}")
+    if "raw_first_rate" in med:
+        print(f"  baseline with the rooms made too (the first sync's homeserver work, by the bare appservice): "
+              f"{med['raw_first_rate']:.1f} messages/s, ratio bridged/that {med['bridged_rate'] / med['raw_first_rate']:.2f}")
     if "hs_event_rate" in med:
         print(f"  homeserver events stored per second while bridging (messages and room state): "
               f"{med['hs_event_rate']:.1f}, ratio to baseline {med['hs_event_rate'] / med['raw_rate']:.2f}")
