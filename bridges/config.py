@@ -108,6 +108,17 @@ class Config:
         if not re.match(r"^[A-Za-z0-9.\-]+(:\d+)?$", domain):
             raise ConfigError("homeserver.domain", f"{domain!r} is not a server name")
         self._require("homeserver.verify_ssl", bool)
+        puppet_token = self.get("homeserver.double_puppet_as_token", "")
+        if puppet_token is None:
+            puppet_token = ""
+        if not isinstance(puppet_token, str):
+            raise ConfigError("homeserver.double_puppet_as_token", "must be str (empty: no double puppeting)")
+        if puppet_token and puppet_token.strip().lower() in PLACEHOLDERS:
+            raise ConfigError("homeserver.double_puppet_as_token", "is a placeholder: put the as_token of the "
+                              "double-puppeting registration there, or leave it empty")
+        if puppet_token and puppet_token == self.get("appservice.as_token", None):
+            raise ConfigError("homeserver.double_puppet_as_token", "must be another registration's as_token, "
+                              "not this bridge's own")
         self._require("appservice.hostname", str)
         port = self._require("appservice.port", int)
         if not 0 < port < 65536:
@@ -210,6 +221,28 @@ class Config:
             "receive_ephemeral": True,
         }
 
+    def double_puppet_registration(self, as_token: str | None = None) -> dict[str, Any]:
+        """The second, tiny registration that lets the bridge act as the local users (no I/O).
+
+        Its users namespace covers every user of the homeserver without claiming them
+        (``exclusive: false``) and it has no URL (the homeserver sends it nothing). Its
+        ``as_token`` goes into ``homeserver.double_puppet_as_token``; ``as_token`` defaults to
+        that value.
+        """
+        token = as_token if as_token is not None else self.get("homeserver.double_puppet_as_token", "")
+        if not token:
+            raise ConfigError("homeserver.double_puppet_as_token", "is empty: double puppeting is off")
+        domain = re.escape(self["homeserver.domain"])
+        return {
+            "id": f"{self['appservice.id']}-doublepuppet",
+            "url": None,
+            "as_token": token,
+            "hs_token": random_token(),
+            "sender_localpart": random_token(16).lower().replace("-", "").replace("_", ""),
+            "rate_limited": False,
+            "namespaces": {"users": [{"exclusive": False, "regex": f"^@.*:{domain}$"}], "aliases": [], "rooms": []},
+        }
+
     def dump(self) -> str:
         buf = io.StringIO()
         _yaml().dump(self.data, buf)
@@ -244,9 +277,10 @@ def generate_config(homeserver_url: str | None = None, domain: str | None = None
     return cfg
 
 
-def write_registration(cfg: Config, path: Path) -> None:
+def write_registration(cfg: Config, path: Path, registration: dict[str, Any] | None = None) -> None:
+    """Write the bridge's registration (or the given one, e.g. the double-puppeting one) to ``path``."""
     buf = io.StringIO()
     y = YAML()
     y.default_flow_style = False
-    y.dump(cfg.registration(), buf)
+    y.dump(registration if registration is not None else cfg.registration(), buf)
     path.write_text("# Appservice registration for Caliopen; written by `caliopen registration`.\n" + buf.getvalue())

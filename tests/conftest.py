@@ -2,6 +2,8 @@
 
 Two bridges share the Synapse: ``bridge`` on SQLite and ``pg_bridge`` on a real PostgreSQL,
 each with its own registration, bot and ghost prefixes. Tests make unique users and rooms.
+``pg_bridge`` has double puppeting (the Synapse also loads the double-puppeting registration
+whose as_token it has); ``bridge`` has not, and keeps its users' own messages on ghosts.
 With the SMS connector, ``sms_rig`` (tests/sms/e2e_rig.py) runs the SMS gateways both bridges
 are configured for. With the email connector, ``mailservers`` (tests/rig/mail_fixtures.py: one
 Dovecot, Postfix and sink for the session) start first, and both bridges trust their
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
+from bridges.config import Config, random_token, write_registration
 from bridges.sandbox.synapse import free_port
 from tests.fakes.remote import FakeRemote
 from tests.rig.bridge import BridgeProcess, make_bridge_config
@@ -30,6 +33,9 @@ pytest_plugins = ["tests.rig.fixtures", "tests.rig.pg_fixtures", "tests.rig.mail
 
 DOMAIN = "caliopen.localhost"
 BRIDGE_TAGS = ("sq", "pg")
+# The bridge with double puppeting, and the file its double-puppeting registration is in.
+DOUBLE_PUPPET_TAG = "pg"
+DOUBLE_PUPPET_REGISTRATION = "doublepuppet.yaml"
 _names = itertools.count(1)
 
 
@@ -94,6 +100,14 @@ def email_section(servers: MailServers) -> dict:
             "verify_dkim": False, "reconnect_max_delay": 3.0, "allow_plaintext_loopback": True}
 
 
+def enable_double_puppeting(cfg: Config) -> None:
+    """Give ``cfg`` a double-puppeting token and write its registration beside the config."""
+    assert cfg.path is not None
+    cfg.set("homeserver.double_puppet_as_token", random_token())
+    cfg.save()
+    write_registration(cfg, cfg.path.parent / DOUBLE_PUPPET_REGISTRATION, cfg.double_puppet_registration())
+
+
 @pytest.fixture(scope="session")
 def bridge_configs(tmp_path_factory: pytest.TempPathFactory, synapse_port: int, fake_remote: FakeRemote,
                    sms_rig: SmsRig | None, email_servers: MailServers | None) -> dict:
@@ -104,17 +118,20 @@ def bridge_configs(tmp_path_factory: pytest.TempPathFactory, synapse_port: int, 
     fake = {"fake": {"enabled": True, "module": "tests.fakes.network", "remote_url": fake_remote.url}}
     if email_servers is not None:
         fake["email"] = email_section(email_servers)
-    return {
+    configs = {
         tag: make_bridge_config(root / tag, tag=tag, domain=DOMAIN,
                                 homeserver_url=f"http://127.0.0.1:{synapse_port}", db_url=None,
                                 networks={**fake, **({"sms": sms_rig.network_section(tag)} if sms_rig else {})})
         for tag in BRIDGE_TAGS
     }
+    enable_double_puppeting(configs[DOUBLE_PUPPET_TAG])
+    return configs
 
 
 @pytest.fixture(scope="session")
 def appservice_files(bridge_configs: dict) -> list[Path]:
-    return [cfg.path.parent / "appservice.yaml" for cfg in bridge_configs.values()]
+    files = [cfg.path.parent / "appservice.yaml" for cfg in bridge_configs.values()]
+    return files + [bridge_configs[DOUBLE_PUPPET_TAG].path.parent / DOUBLE_PUPPET_REGISTRATION]
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

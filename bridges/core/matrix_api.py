@@ -69,8 +69,9 @@ class MatrixAPI(Protocol):
         txn_id: str | None = None,
         timestamp: int | None = None,
     ) -> str:
-        """Send as ``sender`` (a ghost or the bot), encrypted when the room is. Returns the event ID.
-        A repeated ``txn_id`` returns the first event's ID instead of sending again."""
+        """Send as ``sender`` (a ghost, the bot, or a user :meth:`puppet` accepted), encrypted
+        when the room is. Returns the event ID. A repeated ``txn_id`` returns the first event's
+        ID instead of sending again."""
 
     async def upload(self, room_id: str, media: Media, *, encrypted: bool) -> dict[str, Any]:
         """Upload media; returns ``{"url": mxc}`` or ``{"file": {...}}`` (encrypted)."""
@@ -88,7 +89,14 @@ class MatrixAPI(Protocol):
         """Tell clients whether a Matrix message reached the network (message status event)."""
 
     async def mark_read(self, room_id: str, sender: str, event_id: str) -> None:
-        """A read receipt from a ghost (the correspondent read it / it was delivered)."""
+        """A read receipt from a ghost (the correspondent read it / it was delivered), or from a
+        user :meth:`puppet` accepted (the user read it with another client)."""
+
+    async def puppet(self, room_id: str, user_mxid: str) -> bool:
+        """Whether the bridge can act as the real user ``user_mxid`` in the room (double
+        puppeting): True when it is configured, the homeserver accepts it for this user, and the
+        user is joined (an invited user is joined first). False otherwise, and the caller uses a
+        ghost; a refusal is logged once. Raises when the homeserver is unreachable."""
 
     async def set_typing(self, room_id: str, sender: str, typing: bool) -> None: ...
 

@@ -1,9 +1,10 @@
 """Remote → Matrix, inside a portal's queue.
 
 An event comes from the durable inbox (``remote_inbox``). It is converted by the connector
-after the room exists, sent through the sender's ghost with a transaction ID derived from its
-remote ID (a resend after a crash is deduplicated by the homeserver), and its message mapping
-is stored in the same database transaction that deletes it from the inbox.
+after the room exists, sent through the sender's ghost (or, with double puppeting, as the user
+when the user wrote it with another client) with a transaction ID derived from its remote ID
+(a resend after a crash is deduplicated by the homeserver), and its message mapping is stored
+in the same database transaction that deletes it from the inbox.
 """
 
 from __future__ import annotations
@@ -105,8 +106,11 @@ class RemoteHandling(PortalBase):
             return
         room_id = await self.ensure_room(event.chat_info)
         login = bridge.logins[self.login_id]
-        sender = await bridge.ensure_ghost(self.network, event.sender, login)
-        await bridge.matrix.ensure_in_room(room_id, sender)
+        if event.sender.is_from_me and await bridge.matrix.puppet(room_id, login.user_mxid):
+            sender = login.user_mxid  # double puppeting: written with another client, shown as the user's
+        else:
+            sender = await bridge.ensure_ghost(self.network, event.sender, login)
+            await bridge.matrix.ensure_in_room(room_id, sender)
         client = bridge.client_for(self.login_id)
         try:
             converted = await client.convert_remote(self.ref, event)
@@ -186,14 +190,20 @@ class RemoteHandling(PortalBase):
             await self.bridge.matrix.send_notice(target.room_mxid, f"Your message was not delivered: {error}")
 
     async def _remote_read(self, event: RemoteEvent) -> None:
+        login = self.bridge.logins[self.login_id]
         if event.sender.is_from_me:
-            # "The user read it elsewhere" can only be shown as the user (double puppeting,
-            # not built); a receipt from a ghost of the user's own address would mislead.
+            # "The user read it elsewhere" can only be shown as the user (double puppeting); a
+            # receipt from a ghost of the user's own address would mislead, so without it: nothing.
+            if self.mxid is None or not await self.bridge.matrix.puppet(self.mxid, login.user_mxid):
+                return
+            target = await self._find(event.target_id or "")
+            if target is None:
+                raise _TargetNotBridged()
+            await self.bridge.matrix.mark_read(target.room_mxid, login.user_mxid, target.mxid)
             return
         target = await self._find(event.target_id or "")
         if target is None:
             raise _TargetNotBridged()
-        login = self.bridge.logins[self.login_id]
         ghost = await self.bridge.ensure_ghost(self.network, event.sender, login)
         await self.bridge.matrix.ensure_in_room(target.room_mxid, ghost)
         await self.bridge.matrix.mark_read(target.room_mxid, ghost, target.mxid)

@@ -24,8 +24,8 @@ from aiohttp import web
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
-from mautrix.client import ClientAPI
-from mautrix.errors import DecryptionError, MatrixConnectionError, MatrixRequestError, MForbidden
+from mautrix.client import ClientAPI, StoreUpdatingAPI
+from mautrix.errors import DecryptionError, MatrixConnectionError, MatrixRequestError, MForbidden, MUnknownToken
 from mautrix.types import (
     Event,
     EventType,
@@ -39,6 +39,7 @@ from ..core.events import Media
 from ..db.matrix_events import Transactions
 from ..core.matrix_api import IncomingEvent
 from .crypto import Crypto
+from .double_puppet import SOURCE_KEY, DoublePuppets, is_refusal
 
 log = logging.getLogger("caliopen.matrix")
 
@@ -48,6 +49,8 @@ MembershipSink = Callable[[StateEvent], Awaitable[None]]
 # Portal rooms created at once. Creating a room is a dozen state events at the homeserver; a
 # burst of fifty in parallel makes every one of them wait for all the others.
 ROOM_CREATION_CONCURRENCY = 4
+# Read receipts set as users (double puppeting) whose echo is awaited, at most.
+PUPPET_RECEIPTS_KEPT = 1000
 
 
 class _AppService(AppService):
@@ -120,6 +123,14 @@ class MatrixSide:
         prefixes = [config[f"networks.{n}.ghost_prefix"] for n in config["networks"]]
         self.crypto = Crypto(self.az, self.bot_mxid, config["homeserver.address"], db, self.state_store,
                              prefixes, self.domain)
+        self.puppets = DoublePuppets(self.az, config.get("homeserver.double_puppet_as_token", "") or "",
+                                     config["appservice.id"])
+        # Users joined to rooms as seen by their double puppet, and the read receipts the bridge
+        # set as a user whose echo (an m.receipt from the homeserver) is still to come.
+        self._puppet_in_room: set[tuple[str, str]] = set()
+        # (The homeserver sends nothing for a receipt older than the user's own: the oldest
+        # entries go after PUPPET_RECEIPTS_KEPT.)
+        self._puppet_receipts: dict[tuple[str, str, str], None] = {}
         self.on_event: EventSink | None = None
         self.on_bot_invite: Callable[[str, str, bool], Awaitable[None]] | None = None
         self._encrypted_rooms: dict[str, bool] = {}
@@ -182,6 +193,8 @@ class MatrixSide:
         tasks = []
         by_room: dict[str, list[Event]] = {}
         for raw in events:
+            if "state_key" not in raw and (raw.get("content") or {}).get(SOURCE_KEY) == self.puppets.source:
+                continue  # the echo of what the bridge sent as a user (double puppeting)
             try:
                 evt = Event.deserialize(raw)
             except Exception:
@@ -205,10 +218,15 @@ class MatrixSide:
     async def _handle_ephemeral(self, raw: dict[str, Any]) -> None:
         if self.on_event is None:
             return
+        content = raw.get("content") or {}
+        if raw["type"] == "m.receipt" and self._puppet_receipts:
+            content = self._without_puppet_receipts(raw["room_id"], content)
+            if not content:
+                return
         try:
             await self.on_event(
                 IncomingEvent(room_id=raw["room_id"], event_id="", sender="", type=raw["type"],
-                              content=raw.get("content") or {}, timestamp=0)
+                              content=content, timestamp=0)
             )
         except Exception:
             log.exception("Failed to handle %s in %s", raw.get("type"), raw.get("room_id"))
@@ -221,6 +239,7 @@ class MatrixSide:
             if evt.type == EventType.ROOM_MEMBER:
                 if evt.content.membership != Membership.JOIN:
                     self._ghost_in_room.discard((evt.room_id, evt.state_key))
+                    self._puppet_in_room.discard((evt.room_id, evt.state_key))
                 await self.crypto.handle_member_event(evt)
                 if (evt.state_key == self.bot_mxid and evt.content.membership == Membership.INVITE
                         and self.on_bot_invite):
@@ -354,13 +373,17 @@ class MatrixSide:
 
     async def send(self, room_id: str, sender: str, content: dict[str, Any], *, event_type: str = "m.room.message",
                    txn_id: str | None = None, timestamp: int | None = None) -> str:
-        intent = self.intent(sender)
+        puppet = self.puppets.active(sender)
+        intent = puppet or self.intent(sender)
         etype = EventType.find(event_type, t_class=EventType.Class.MESSAGE)
         if sender != self.bot_mxid and self.crypto.is_ghost(sender):
             await self._ensure_ghost_joined(room_id, sender)
         if await self.is_encrypted(room_id):
             encrypted = await self.crypto.encrypt(room_id, etype, content)
             etype, content = EventType.ROOM_ENCRYPTED, encrypted
+        if puppet is not None:
+            content = {**(content.serialize() if hasattr(content, "serialize") else content),
+                       SOURCE_KEY: self.puppets.source}
         kwargs: dict[str, Any] = {}
         if timestamp:
             kwargs["timestamp"] = timestamp
@@ -368,8 +391,13 @@ class MatrixSide:
         # state-store queries per message, and the homeserver checks the same thing anyway.
         try:
             return await ClientAPI.send_message_event(intent, room_id, etype, content, txn_id=txn_id, **kwargs)
-        except MForbidden:
-            self._ghost_in_room.discard((room_id, sender))
+        except MatrixRequestError as e:
+            if puppet is not None and is_refusal(e):
+                self._puppet_in_room.discard((room_id, sender))
+                if isinstance(e, MUnknownToken) or e.http_status == 401:
+                    self.puppets.refuse(sender, e)
+            elif isinstance(e, MForbidden):
+                self._ghost_in_room.discard((room_id, sender))
             raise
 
     async def upload(self, room_id: str, media: Media, *, encrypted: bool) -> dict[str, Any]:
@@ -391,6 +419,11 @@ class MatrixSide:
         return await self.bot_intent.download_media(content["url"])
 
     async def redact(self, room_id: str, event_id: str, sender: str, reason: str | None = None) -> None:
+        puppet = self.puppets.active(sender)
+        if puppet is not None:
+            await ClientAPI.redact(puppet, room_id, event_id, reason=reason,
+                                   extra_content={SOURCE_KEY: self.puppets.source})
+            return
         await self.intent(sender).redact(room_id, event_id, reason=reason)
 
     async def send_notice(self, room_id: str, text: str, html: str | None = None) -> str:
@@ -416,7 +449,67 @@ class MatrixSide:
             log.warning("Could not send a message status in %s", room_id, exc_info=True)
 
     async def mark_read(self, room_id: str, sender: str, event_id: str) -> None:
-        await self.intent(sender).mark_read(room_id, event_id)
+        puppet = self.puppets.active(sender)
+        if puppet is None:
+            await self.intent(sender).mark_read(room_id, event_id)
+            return
+        # Remembered first: the homeserver may push the receipt back before it answers.
+        echo = (room_id, event_id, sender)
+        self._puppet_receipts[echo] = None
+        while len(self._puppet_receipts) > PUPPET_RECEIPTS_KEPT:
+            del self._puppet_receipts[next(iter(self._puppet_receipts))]
+        try:
+            await ClientAPI.set_fully_read_marker(puppet, room_id, fully_read=event_id, read_receipt=event_id)
+        except BaseException as e:
+            self._puppet_receipts.pop(echo, None)
+            if isinstance(e, MatrixRequestError) and (isinstance(e, MUnknownToken) or e.http_status == 401):
+                self.puppets.refuse(sender, e)
+            raise
+
+    def _without_puppet_receipts(self, room_id: str, content: dict[str, Any]) -> dict[str, Any]:
+        """An m.receipt content without the receipts the bridge itself set as a user (no I/O)."""
+        kept: dict[str, Any] = {}
+        for event_id, receipts in content.items():
+            by_type: dict[str, Any] = {}
+            for rtype, readers in (receipts or {}).items():
+                if rtype == "m.read" and isinstance(readers, dict):
+                    readers = {user: data for user, data in readers.items()
+                               if not self._take_puppet_receipt((room_id, event_id, user))}
+                if readers:
+                    by_type[rtype] = readers
+            if by_type:
+                kept[event_id] = by_type
+        return kept
+
+    def _take_puppet_receipt(self, echo: tuple[str, str, str]) -> bool:
+        if echo in self._puppet_receipts:
+            del self._puppet_receipts[echo]
+            return True
+        return False
+
+    async def puppet(self, room_id: str, user_mxid: str) -> bool:
+        if (room_id, user_mxid) in self._puppet_in_room and self.puppets.active(user_mxid) is not None:
+            return True
+        intent = await self.puppets.intent(user_mxid)
+        if intent is None:
+            return False
+        member = await self.state_store.get_membership(room_id, user_mxid)
+        if member == Membership.INVITE:
+            # The user has not answered the portal's invite yet: acting as them means accepting it.
+            try:
+                await StoreUpdatingAPI.join_room_by_id(intent, room_id)
+            except MatrixRequestError as e:
+                if self.is_transient(e):
+                    raise
+                log.warning("Could not join %s to %s as their double puppet (%s)", user_mxid, room_id,
+                            type(e).__name__)
+                if isinstance(e, MUnknownToken) or e.http_status == 401:
+                    self.puppets.refuse(user_mxid, e)
+                return False
+        elif member != Membership.JOIN:
+            return False  # the user left (or was never asked): the message goes through a ghost
+        self._puppet_in_room.add((room_id, user_mxid))
+        return True
 
     def is_transient(self, error: BaseException) -> bool:
         if isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, MatrixConnectionError)):
@@ -445,4 +538,8 @@ class MatrixSide:
                 delay = min(delay * 2, 30)
 
     async def set_typing(self, room_id: str, sender: str, typing: bool) -> None:
+        puppet = self.puppets.active(sender)
+        if puppet is not None:
+            await ClientAPI.set_typing(puppet, room_id, timeout=30000 if typing else 0)
+            return
         await self.intent(sender).set_typing(room_id, timeout=30000 if typing else 0)

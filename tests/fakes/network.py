@@ -1,6 +1,6 @@
 """A fake network connector, for testing the core without a real network.
 
-Implements the required interface plus SupportsStartChat. It long-polls the
+Implements the required interface plus SupportsStartChat, SupportsAvatars and SupportsReadReceipts. It long-polls the
 :class:`tests.fakes.remote.FakeRemote` service for inbound messages (cursor kept in the login's
 metadata, advanced only after the core stored the events) and posts outbound ones.
 
@@ -19,7 +19,7 @@ import aiohttp
 
 from bridges.core.errors import ConversionError, LoginError, SendError, UserInputError
 from bridges.core.events import (
-    ChatInfo, ConvertedMessage, ConvertedPart, Media, MatrixMessage, PortalRef, RemoteEvent,
+    ChatInfo, ConvertedMessage, ConvertedPart, Media, MatrixMessage, MessageRef, PortalRef, RemoteEvent,
     RemoteEventKind, Sender, SentMessage,
 )
 from bridges.core.network import (
@@ -90,7 +90,7 @@ class Login:
 
 
 class Client:
-    """Capabilities: SupportsStartChat, SupportsAvatars."""
+    """Capabilities: SupportsStartChat, SupportsAvatars, SupportsReadReceipts."""
 
     def __init__(self, connector: Connector, login: UserLoginInfo) -> None:
         self.connector = connector
@@ -147,10 +147,17 @@ class Client:
                 await self.bridge.save_login_metadata(self.login.id, {**self.login.metadata, "cursor": self.cursor})
 
     def _to_event(self, evt: dict[str, Any]) -> RemoteEvent:
+        if evt.get("kind") == "read":
+            return RemoteEvent(
+                login_id=self.login.id, portal_id=evt["conversation"], kind=RemoteEventKind.READ_RECEIPT,
+                remote_id=evt["id"], sender=Sender(evt["sender"], is_from_me=evt["from_me"]), timestamp=evt["ts"],
+                target_id=evt["target"],
+            )
         members = tuple(Sender(m, evt["sender_name"] if m == evt["sender"] else None) for m in evt["members"])
         return RemoteEvent(
             login_id=self.login.id, portal_id=evt["conversation"], kind=RemoteEventKind.MESSAGE,
-            remote_id=evt["id"], sender=Sender(evt["sender"], evt["sender_name"], avatar_id=evt.get("avatar_id")),
+            remote_id=evt["id"], sender=Sender(evt["sender"], evt["sender_name"], is_from_me=evt.get("from_me", False),
+                                                avatar_id=evt.get("avatar_id")),
             timestamp=evt["ts"],
             data={k: evt[k] for k in ("text", "media_b64", "filename") if k in evt},
             chat_info=ChatInfo(name=None if len(members) == 1 else evt["conversation"],
@@ -189,6 +196,13 @@ class Client:
         if resp.status != 200:
             raise SendError(body.get("error", "refused"), retryable=bool(body.get("retryable")))
         return SentMessage(remote_id=body["id"], timestamp=body["ts"])
+
+    async def handle_matrix_read(self, portal: PortalRef, messages: list[MessageRef]) -> None:
+        assert self.connector.session is not None
+        payload = {"conversation": portal.portal_id, "ids": [m.remote_id for m in messages]}
+        async with self.connector.session.post(f"{self.connector.url}/read", json=payload,
+                                               headers=self._headers()) as resp:
+            resp.raise_for_status()
 
     async def get_avatar(self, avatar_id: str) -> Media:
         assert self.connector.session is not None

@@ -29,6 +29,7 @@ class FakeRemote:
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
         self.sent: list[dict[str, Any]] = []
+        self.reads: list[dict[str, Any]] = []  # read receipts the bridge passed on, in order
         self._ids = itertools.count(1)
         self.fail_sends: list[tuple[int, bool]] = []  # (status, retryable) for the next sends
         self.logins = 0
@@ -38,6 +39,7 @@ class FakeRemote:
         self.app.router.add_post("/login", self._login)
         self.app.router.add_get("/events", self._events)
         self.app.router.add_post("/send", self._send)
+        self.app.router.add_post("/read", self._read)
         self.app.router.add_get("/avatar/{name}", self._avatar)
         self.avatars: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
@@ -64,14 +66,17 @@ class FakeRemote:
 
     def push(self, username: str, conversation: str, sender: str, text: str, *, sender_name: str | None = None,
              media: bytes | None = None, filename: str | None = None, msg_id: str | None = None,
-             members: list[str] | None = None, avatar: bytes | None = None) -> str:
-        """An inbound message for ``username``'s account. Returns its remote ID."""
+             members: list[str] | None = None, avatar: bytes | None = None, from_me: bool = False) -> str:
+        """An inbound message for ``username``'s account. Returns its remote ID.
+
+        ``from_me``: the account's owner wrote it with another client (give the correspondents
+        in ``members``)."""
         acc = self.accounts[username]
         mid = msg_id or f"m{next(self._ids)}"
         evt: dict[str, Any] = {
             "seq": len(acc.events) + 1, "id": mid, "conversation": conversation, "sender": sender,
             "sender_name": sender_name or sender.title(), "text": text, "ts": int(time.time() * 1000),
-            "members": members or [sender],
+            "members": members or [sender], "from_me": from_me,
         }
         if avatar is not None:
             self.avatars[sender] = avatar
@@ -82,6 +87,18 @@ class FakeRemote:
         acc.events.append(evt)
         self._changed.set()
         return mid
+
+    def push_read(self, username: str, conversation: str, target_id: str, reader: str, *,
+                  from_me: bool = False) -> str:
+        """``reader`` (the account's owner with another client, if ``from_me``) read message
+        ``target_id``. Returns the event's remote ID."""
+        acc = self.accounts[username]
+        rid = f"r{next(self._ids)}"
+        acc.events.append({"seq": len(acc.events) + 1, "kind": "read", "id": rid, "conversation": conversation,
+                           "target": target_id, "sender": reader, "from_me": from_me,
+                           "ts": int(time.time() * 1000)})
+        self._changed.set()
+        return rid
 
     async def wait_sent(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -127,6 +144,12 @@ class FakeRemote:
         if data is None:
             raise web.HTTPNotFound()
         return web.Response(body=data, content_type="image/png")
+
+    async def _read(self, request: web.Request) -> web.Response:
+        acc = self._auth(request)
+        body = await request.json()
+        self.reads.append({**body, "account": acc.username})
+        return web.json_response({})
 
     async def _send(self, request: web.Request) -> web.Response:
         acc = self._auth(request)

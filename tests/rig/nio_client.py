@@ -386,6 +386,18 @@ class NioUser:
             raise TimeoutError(f"{exc} ({pending} event(s) still undecryptable)") from None
         return result
 
+    def read_receipt(self, room_id: str, user_id: str) -> str | None:
+        """The event ``user_id``'s latest (unthreaded) read receipt in the room is on, as this
+        client has synced it; None when it has seen none."""
+        room = self.client.rooms.get(room_id)
+        receipt = room.read_receipts.get(user_id) if room is not None else None
+        return receipt.event_id if receipt is not None else None
+
+    async def wait_for_receipt(self, room_id: str, user_id: str, event_id: str, timeout: float = 30) -> None:
+        """Wait until ``user_id``'s read receipt in the room is on ``event_id``. Raises TimeoutError."""
+        await self._wait_until(lambda: self.read_receipt(room_id, user_id) == event_id, timeout,
+                               f"a read receipt of {user_id} on {event_id}")
+
     async def wait_for_member(
         self, room_id: str, user_id: str, membership: str = "join", timeout: float = 30
     ) -> None:
