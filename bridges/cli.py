@@ -10,7 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from .config import Config, generate_config, write_registration
+from .config import Config, generate_config, random_token, write_registration
 from .core.errors import ConfigError
 
 
@@ -38,9 +38,27 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_registration(args: argparse.Namespace) -> int:
     cfg = Config.load(args.config)
+    if args.double_puppet:
+        return _double_puppet_registration(cfg, Path(args.config), args.output)
     reg = Path(args.output) if args.output else _registration_path(Path(args.config))
     write_registration(cfg, reg)
     print(f"Wrote {reg}")
+    return 0
+
+
+def _double_puppet_registration(cfg: Config, config_path: Path, output: str | None) -> int:
+    """Write the double-puppeting registration; a config without its token gets a new one."""
+    if not cfg.get("homeserver.double_puppet_as_token", ""):
+        cfg.set("homeserver.double_puppet_as_token", random_token())
+        cfg.validate()
+        cfg.save(config_path)
+        config_path.chmod(0o600)
+        print(f"Added homeserver.double_puppet_as_token to {config_path}")
+    reg = Path(output) if output else config_path.with_name("doublepuppet.yaml")
+    write_registration(cfg, reg, cfg.double_puppet_registration())
+    reg.chmod(0o600)
+    print(f"Wrote {reg}. Add it to the homeserver's app_service_config_files too, restart the homeserver, "
+          f"then the bridge: what users write or read with their other clients then shows as theirs.")
     return 0
 
 
@@ -81,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("registration", help="write appservice.yaml from the config")
     r.add_argument("-c", "--config", default="config.yaml")
     r.add_argument("-o", "--output")
+    r.add_argument("--double-puppet", action="store_true",
+                   help="write doublepuppet.yaml instead: the registration that lets the bridge act as local "
+                        "users (adds its token to the config when missing)")
     r.set_defaults(func=cmd_registration)
     m = sub.add_parser("migrate", help="upgrade the database schema")
     m.add_argument("-c", "--config", default="config.yaml")

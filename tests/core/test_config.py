@@ -40,6 +40,23 @@ def test_init_writes_config_and_registration(tmp_path: Path) -> None:
     assert (tmp_path / "config.yaml").stat().st_mode & 0o077 == 0
 
 
+def test_double_puppet_registration_by_cli(tmp_path: Path) -> None:
+    assert run_cli("init", "-c", "config.yaml", "--domain", "example.net", cwd=tmp_path).returncode == 0
+    assert not Config.load(tmp_path / "config.yaml").get("homeserver.double_puppet_as_token", "")
+    res = run_cli("registration", "-c", "config.yaml", "--double-puppet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    cfg = Config.load(tmp_path / "config.yaml")
+    token = cfg["homeserver.double_puppet_as_token"]
+    assert token and token != cfg["appservice.as_token"]
+    reg = YAML(typ="safe").load((tmp_path / "doublepuppet.yaml").read_text())
+    assert reg["as_token"] == token and reg["url"] is None
+    assert reg["namespaces"]["users"] == [{"exclusive": False, "regex": r"^@.*:example\.net$"}]
+    assert (tmp_path / "doublepuppet.yaml").stat().st_mode & 0o077 == 0
+    # Run again, it keeps the token (the homeserver already has it).
+    assert run_cli("registration", "-c", "config.yaml", "--double-puppet", cwd=tmp_path).returncode == 0
+    assert Config.load(tmp_path / "config.yaml")["homeserver.double_puppet_as_token"] == token
+
+
 @pytest.mark.parametrize(
     "key,value,needle",
     [
