@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, generate_config, write_registration
+from ..config import Config, generate_config, random_token, write_registration
 from .synapse import Synapse, free_port
 
 log = logging.getLogger("caliopen.demo")
@@ -35,6 +35,9 @@ def _demo_config(workdir: Path, hs_port: int) -> Config:
     for name, section in cfg["networks"].items():
         section["enabled"] = bool(section["enabled"]) and _importable(cfg, name)
     cfg.set("networks.email.allow_plaintext_loopback", True)
+    # The demo owns its homeserver, so it also registers double puppeting: mail the user sent
+    # with another client shows as theirs.
+    cfg.set("homeserver.double_puppet_as_token", random_token())
     cfg.path = path
     cfg.validate()
     cfg.save()
@@ -73,9 +76,12 @@ async def demo(workdir: Path, port: int = 8008) -> int:
     cfg.set("homeserver.address", f"http://127.0.0.1:{port}")
     cfg.save()
     write_registration(cfg, workdir / "appservice.yaml")
+    registrations = [workdir / "appservice.yaml"]
+    if cfg.get("homeserver.double_puppet_as_token", ""):
+        write_registration(cfg, workdir / "doublepuppet.yaml", cfg.double_puppet_registration())
+        registrations.append(workdir / "doublepuppet.yaml")
     setup_logging(cfg)
-    synapse = Synapse(workdir / "synapse", server_name=DOMAIN, port=port,
-                      appservice_files=[workdir / "appservice.yaml"])
+    synapse = Synapse(workdir / "synapse", server_name=DOMAIN, port=port, appservice_files=registrations)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

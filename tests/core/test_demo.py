@@ -40,6 +40,13 @@ async def test_demo_prints_working_credentials_and_stops_on_ctrl_c(tmp_path: Pat
             async with http.get(f"{hs}/_matrix/client/v3/profile/{bot}",
                                 headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 200 and (await r.json()).get("displayname") == "Caliopen"
+            # Double puppeting is registered: its token acts as the demo user.
+            from bridges.config import Config
+
+            puppet_token = Config.load(tmp_path / "demo" / "config.yaml")["homeserver.double_puppet_as_token"]
+            async with http.get(f"{hs}/_matrix/client/v3/account/whoami", params={"user_id": user},
+                                headers={"Authorization": f"Bearer {puppet_token}"}) as r:
+                assert r.status == 200 and (await r.json())["user_id"] == user, await r.text()
         assert password not in (tmp_path / "demo" / "config.yaml").read_text()
         mailbox = re.search(r"address (\S+), password (\S+)\n\s+IMAP (\S+) port (\d+) \(tls\), SMTP \S+ port (\d+)", out)
         if mailbox:  # the mail sandbox runs where Dovecot and Postfix are installed (make test installs them)
