@@ -5,7 +5,8 @@ Mail delivered to the mailbox appears decrypted in its room (HTML sanitised, att
 byte-identical, replies in the thread); a reply typed in the thread goes out with threading
 headers and an attachment, and is filed in Sent; a refused recipient and a wrong password get
 plain errors; an IMAP connection dropped in the middle of a FETCH reconnects and loses nothing;
-the login works by chat with the bridge bot too. Each test has its own mailboxes and Matrix
+the login works by chat with the bridge bot too; mail read and sent with another client shows
+as the user's own with double puppeting, and from a "(you)" ghost without it. Each test has its own mailboxes and Matrix
 users; the round trip runs on the SQLite and the PostgreSQL bridge.
 """
 
@@ -210,3 +211,56 @@ async def test_login_by_chat(bridge: BridgeProcess, nio_users: Any, email_logins
     await user.send_text(mgmt, "logins")
     await user.wait_for_message(mgmt, lambda e: me in str(e.get("content", {}).get("body", ""))
                                 and "CONNECTED" in str(e.get("content", {}).get("body", "")), timeout=60)
+
+
+async def test_mail_sent_and_read_with_another_client(any_bridge: BridgeProcess, nio_users: Any,
+                                                      email_logins: EmailLogins, mailservers: MailServers) -> None:
+    """Mail the user sent with another client (found in Sent) and mail they read there
+    (``\\Seen``): with double puppeting (the PostgreSQL session bridge) they show as the user's
+    own message and own read receipt; without it (the SQLite one) the message comes from a
+    ghost of the user's address marked "(you)" and no receipt is made up."""
+    bridge = any_bridge
+    puppeting = bool(bridge.config["homeserver"].get("double_puppet_as_token"))
+    me = mailservers.add_user(unique("other"))
+    bob_addr = f"{unique('bob')}@friends.example"
+    user = await nio_users("other")
+    await email_logins.login(bridge, user.user_id, me)
+
+    first_id = make_msgid(domain="friends.example")
+    await asyncio.to_thread(mailservers.deliver, simple_message(
+        from_addr=f"Bob Example <{bob_addr}>", to=me, subject="Lunch?", body="Lunch on Friday?\n",
+        message_id=first_id), me)
+    room = await user.wait_for_invite(room_named("Bob Example"), timeout=60)
+    bobs = await user.wait_for_message(room, body_has("Lunch on Friday?"), timeout=60)
+
+    # The user reads Bob's mail with their phone's mail app...
+    with mailservers.imap(me) as imap:
+        imap.select_folder("INBOX")
+        imap.add_flags(imap.search(["HEADER", "Message-ID", first_id]), [b"\\Seen"])
+    if puppeting:
+        await user.wait_for_receipt(room, user.user_id, bobs["event_id"], timeout=60)
+    else:
+        # Bob's next mail is bridged after the flag change was seen (same folder, in order):
+        # still no receipt as the user.
+        await asyncio.to_thread(mailservers.deliver, simple_message(
+            from_addr=f"Bob Example <{bob_addr}>", to=me, subject="Re: Lunch?", body="Or Saturday.\n",
+            message_id=make_msgid(domain="friends.example")), me)
+        await user.wait_for_message(room, body_has("Or Saturday."), timeout=60)
+        await asyncio.sleep(2)
+        assert user.read_receipt(room, user.user_id) != bobs["event_id"]
+
+    # ...and answers from there: the answer sits in Sent.
+    answer = simple_message(from_addr=me, to=bob_addr, subject="Re: Lunch?", body="Friday suits me.\n",
+                            message_id=make_msgid(domain="example.org"), in_reply_to=first_id,
+                            references=[first_id])
+    await asyncio.to_thread(mailservers.append, me, "Sent", answer, ("\\Seen",))
+    mine = await user.wait_for_message(room, body_has("Friday suits me."), timeout=60)
+    assert mine["content"].get("org.caliopen.from_me") is True
+    raw = await user.get_raw_event(room, mine["event_id"])
+    assert raw["type"] == "m.room.encrypted"
+    if puppeting:
+        assert mine["sender"] == user.user_id
+    else:
+        assert mine["sender"] != user.user_id
+        profile = await user._raw("GET", f"/_matrix/client/v3/profile/{mine['sender']}")
+        assert "(you)" in profile["displayname"]
