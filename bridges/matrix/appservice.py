@@ -25,7 +25,7 @@ from mautrix.appservice import AppService, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
 from mautrix.client import ClientAPI, StoreUpdatingAPI
-from mautrix.errors import DecryptionError, MatrixConnectionError, MatrixRequestError, MForbidden, MUnknownToken
+from mautrix.errors import DecryptionError, MatrixConnectionError, MatrixRequestError, MForbidden
 from mautrix.types import (
     Event,
     EventType,
@@ -39,7 +39,7 @@ from ..core.events import Media
 from ..db.matrix_events import Transactions
 from ..core.matrix_api import IncomingEvent
 from .crypto import Crypto
-from .double_puppet import SOURCE_KEY, DoublePuppets, is_refusal
+from .double_puppet import SOURCE_KEY, DoublePuppets, is_refusal, is_token_refusal
 
 log = logging.getLogger("caliopen.matrix")
 
@@ -394,7 +394,7 @@ class MatrixSide:
         except MatrixRequestError as e:
             if puppet is not None and is_refusal(e):
                 self._puppet_in_room.discard((room_id, sender))
-                if isinstance(e, MUnknownToken) or e.http_status == 401:
+                if is_token_refusal(e):
                     self.puppets.refuse(sender, e)
             elif isinstance(e, MForbidden):
                 self._ghost_in_room.discard((room_id, sender))
@@ -462,7 +462,7 @@ class MatrixSide:
             await ClientAPI.set_fully_read_marker(puppet, room_id, fully_read=event_id, read_receipt=event_id)
         except BaseException as e:
             self._puppet_receipts.pop(echo, None)
-            if isinstance(e, MatrixRequestError) and (isinstance(e, MUnknownToken) or e.http_status == 401):
+            if is_token_refusal(e):
                 self.puppets.refuse(sender, e)
             raise
 
@@ -503,7 +503,7 @@ class MatrixSide:
                     raise
                 log.warning("Could not join %s to %s as their double puppet (%s)", user_mxid, room_id,
                             type(e).__name__)
-                if isinstance(e, MUnknownToken) or e.http_status == 401:
+                if is_token_refusal(e):
                     self.puppets.refuse(user_mxid, e)
                 return False
         elif member != Membership.JOIN:

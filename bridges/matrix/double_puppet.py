@@ -34,6 +34,11 @@ def is_refusal(error: BaseException) -> bool:
     return isinstance(error, MatrixRequestError) and error.http_status in (401, 403)
 
 
+def is_token_refusal(error: BaseException | None) -> bool:
+    """True when ``error`` says the homeserver does not know the token at all (no I/O)."""
+    return isinstance(error, MUnknownToken) or (isinstance(error, MatrixRequestError) and error.http_status == 401)
+
+
 class DoublePuppets:
     """Intents acting as real users through the double-puppeting appservice's token."""
 
@@ -84,7 +89,7 @@ class DoublePuppets:
     def refuse(self, mxid: str, error: BaseException | None) -> None:
         """Stop acting as ``mxid`` (every user, when the token itself was refused) and say so once."""
         self._intents.pop(mxid, None)
-        if isinstance(error, MUnknownToken) or (isinstance(error, MatrixRequestError) and error.http_status == 401):
+        if is_token_refusal(error):
             if not self._token_refused:
                 log.warning("The homeserver refused double_puppet_as_token (%s); messages and read "
                             "receipts from the user's other clients go through ghosts", type(error).__name__)
